@@ -333,7 +333,9 @@ void raster_bwd_cpu(const RasterParams &p, const T *means2d, const T *conics, co
         s.resize(p.tile_size * p.tile_size, p.channels, true);
         std::vector<int> pix;
         const GradBuf<T> gb = buf(omp_get_thread_num());
-#pragma omp for schedule(dynamic, 1)
+        // static round-robin: each tile always lands in the same thread's buffer, so the sums
+        // (and a resumed training run) are bit-for-bit reproducible for a given thread count
+#pragma omp for schedule(static, 1)
         for (int t = 0; t < n_tiles; ++t)
             bwd_tile(p, t, means2d, conics, opacities, features, depths, tile_offsets, flat_ids,
                      out_alpha, last, v_out_feat, v_out_depth, v_out_alpha, gb, s, pix);
