@@ -1,8 +1,10 @@
-// torch bindings of the CPU compositing op: checks, allocation, float/double dispatch.
-// The public function (invrender/splat/composite.py) has already validated shapes; the checks
-// here guard the raw-pointer kernels against misuse from elsewhere.
+// torch bindings of the CPU ops (compositing, projection, SH colour): checks, allocation,
+// float/double dispatch. The public functions (invrender/splat/composite.py, project.py, sh.py)
+// have already validated shapes; the checks here guard the raw-pointer kernels against misuse
+// from elsewhere.
 #include <torch/extension.h>
 
+#include "project.h"
 #include "raster_launch.h"
 
 namespace {
@@ -137,10 +139,161 @@ std::vector<torch::Tensor> op_bwd(torch::Tensor means2d, torch::Tensor conics,
     return {v_means2d, v_conics, v_opacities, v_features, v_depths};
 }
 
+// ---- projection (project.h) ----
+
+invrender::ProjectParams make_project_params(int64_t n, int64_t width, int64_t height,
+                                             double near_plane, double far_plane, double eps2d,
+                                             int64_t num_threads) {
+    TORCH_CHECK(width >= 0 && height >= 0, "bad image size");
+    invrender::ProjectParams p;
+    p.n_gaussians = int(n);
+    p.width = int(width);
+    p.height = int(height);
+    p.near_plane = near_plane;
+    p.far_plane = far_plane;
+    p.eps2d = eps2d;
+    p.num_threads = int(std::max<int64_t>(1, num_threads));
+    return p;
+}
+
+void check_camera(const torch::Tensor &viewmat, const torch::Tensor &K, torch::ScalarType dt) {
+    check_input(viewmat, "viewmat", dt);
+    check_input(K, "K", dt);
+    TORCH_CHECK(viewmat.numel() == 16 && K.numel() == 9, "viewmat must be [4, 4] and K [3, 3]");
+}
+
+// -> (means2d [N, 2], conics [N, 3], depths [N], radii int32 [N])
+std::vector<torch::Tensor> project_fwd(torch::Tensor means,    // [N, 3]
+                                       torch::Tensor quats,    // [N, 4]
+                                       torch::Tensor scales,   // [N, 3]
+                                       torch::Tensor viewmat,  // [4, 4]
+                                       torch::Tensor K,        // [3, 3]
+                                       int64_t width, int64_t height, double near_plane,
+                                       double far_plane, double eps2d, int64_t num_threads) {
+    const auto dt = means.scalar_type();
+    check_input(means, "means", dt);
+    check_input(quats, "quats", dt);
+    check_input(scales, "scales", dt);
+    check_camera(viewmat, K, dt);
+    const int64_t n = means.size(0);
+    TORCH_CHECK(means.numel() == 3 * n && quats.numel() == 4 * n && scales.numel() == 3 * n,
+                "means, quats, scales must be [N, 3], [N, 4], [N, 3]");
+    const auto p = make_project_params(n, width, height, near_plane, far_plane, eps2d, num_threads);
+    auto opt = means.options();
+    torch::Tensor means2d = torch::empty({n, 2}, opt);
+    torch::Tensor conics = torch::empty({n, 3}, opt);
+    torch::Tensor depths = torch::empty({n}, opt);
+    torch::Tensor radii = torch::empty({n}, opt.dtype(torch::kInt32));
+    AT_DISPATCH_FLOATING_TYPES(dt, "project_fwd", [&] {
+        invrender::project_fwd_cpu<scalar_t>(
+            p, means.data_ptr<scalar_t>(), quats.data_ptr<scalar_t>(), scales.data_ptr<scalar_t>(),
+            viewmat.data_ptr<scalar_t>(), K.data_ptr<scalar_t>(), means2d.data_ptr<scalar_t>(),
+            conics.data_ptr<scalar_t>(), depths.data_ptr<scalar_t>(), radii.data_ptr<int32_t>());
+    });
+    return {means2d, conics, depths, radii};
+}
+
+// -> (v_means [N, 3], v_quats [N, 4], v_scales [N, 3])
+std::vector<torch::Tensor> project_bwd(torch::Tensor means, torch::Tensor quats,
+                                       torch::Tensor scales, torch::Tensor viewmat,
+                                       torch::Tensor K,
+                                       torch::Tensor radii,      // [N] int32, from project_fwd
+                                       torch::Tensor v_means2d,  // [N, 2]
+                                       torch::Tensor v_conics,   // [N, 3]
+                                       torch::Tensor v_depths,   // [N]
+                                       int64_t width, int64_t height, double near_plane,
+                                       double far_plane, double eps2d, int64_t num_threads) {
+    const auto dt = means.scalar_type();
+    check_input(means, "means", dt);
+    check_input(quats, "quats", dt);
+    check_input(scales, "scales", dt);
+    check_camera(viewmat, K, dt);
+    check_input(radii, "radii", torch::kInt32);
+    check_input(v_means2d, "v_means2d", dt);
+    check_input(v_conics, "v_conics", dt);
+    check_input(v_depths, "v_depths", dt);
+    const int64_t n = means.size(0);
+    TORCH_CHECK(means.numel() == 3 * n && quats.numel() == 4 * n && scales.numel() == 3 * n &&
+                    radii.numel() == n && v_means2d.numel() == 2 * n &&
+                    v_conics.numel() == 3 * n && v_depths.numel() == n,
+                "project_bwd: inconsistent sizes");
+    const auto p = make_project_params(n, width, height, near_plane, far_plane, eps2d, num_threads);
+    torch::Tensor v_means = torch::empty_like(means);
+    torch::Tensor v_quats = torch::empty_like(quats);
+    torch::Tensor v_scales = torch::empty_like(scales);
+    AT_DISPATCH_FLOATING_TYPES(dt, "project_bwd", [&] {
+        invrender::project_bwd_cpu<scalar_t>(
+            p, means.data_ptr<scalar_t>(), quats.data_ptr<scalar_t>(), scales.data_ptr<scalar_t>(),
+            viewmat.data_ptr<scalar_t>(), K.data_ptr<scalar_t>(), radii.data_ptr<int32_t>(),
+            v_means2d.data_ptr<scalar_t>(), v_conics.data_ptr<scalar_t>(),
+            v_depths.data_ptr<scalar_t>(), v_means.data_ptr<scalar_t>(),
+            v_quats.data_ptr<scalar_t>(), v_scales.data_ptr<scalar_t>());
+    });
+    return {v_means, v_quats, v_scales};
+}
+
+// ---- SH colour (project.h) ----
+
+invrender::ShParams make_sh_params(int64_t degree, const torch::Tensor &coeffs,
+                                   int64_t num_threads) {
+    TORCH_CHECK(degree >= 0 && degree <= 3, "SH degree must be in 0..3, got ", degree);
+    TORCH_CHECK(coeffs.dim() == 3 && coeffs.size(2) == 3, "coeffs must be [N, K, 3]");
+    invrender::ShParams p;
+    p.n_gaussians = int(coeffs.size(0));
+    p.n_coeffs = int(coeffs.size(1));
+    p.n_bases = int((degree + 1) * (degree + 1));
+    p.num_threads = int(std::max<int64_t>(1, num_threads));
+    TORCH_CHECK(p.n_coeffs >= p.n_bases, "coeffs hold ", p.n_coeffs, " bases, degree ", degree,
+                " needs ", p.n_bases);
+    return p;
+}
+
+// -> colors [N, 3] = max(sum_k basis_k(dirs) coeffs[:, k] + 0.5, 0)
+torch::Tensor sh_fwd(int64_t degree, torch::Tensor coeffs,  // [N, K, 3]
+                     torch::Tensor dirs,                    // [N, 3] unit
+                     int64_t num_threads) {
+    const auto dt = coeffs.scalar_type();
+    check_input(coeffs, "coeffs", dt);
+    check_input(dirs, "dirs", dt);
+    const auto p = make_sh_params(degree, coeffs, num_threads);
+    TORCH_CHECK(dirs.numel() == 3 * (int64_t)p.n_gaussians, "dirs must be [N, 3]");
+    torch::Tensor colors = torch::empty({coeffs.size(0), 3}, coeffs.options());
+    AT_DISPATCH_FLOATING_TYPES(dt, "sh_fwd", [&] {
+        invrender::sh_fwd_cpu<scalar_t>(p, coeffs.data_ptr<scalar_t>(), dirs.data_ptr<scalar_t>(),
+                                        colors.data_ptr<scalar_t>());
+    });
+    return colors;
+}
+
+// -> v_coeffs [N, K, 3]
+torch::Tensor sh_bwd(int64_t degree, torch::Tensor coeffs, torch::Tensor dirs,
+                     torch::Tensor v_colors,  // [N, 3]
+                     int64_t num_threads) {
+    const auto dt = coeffs.scalar_type();
+    check_input(coeffs, "coeffs", dt);
+    check_input(dirs, "dirs", dt);
+    check_input(v_colors, "v_colors", dt);
+    const auto p = make_sh_params(degree, coeffs, num_threads);
+    TORCH_CHECK(dirs.numel() == 3 * (int64_t)p.n_gaussians &&
+                    v_colors.numel() == 3 * (int64_t)p.n_gaussians,
+                "dirs and v_colors must be [N, 3]");
+    torch::Tensor v_coeffs = torch::empty_like(coeffs);
+    AT_DISPATCH_FLOATING_TYPES(dt, "sh_bwd", [&] {
+        invrender::sh_bwd_cpu<scalar_t>(p, coeffs.data_ptr<scalar_t>(), dirs.data_ptr<scalar_t>(),
+                                        v_colors.data_ptr<scalar_t>(),
+                                        v_coeffs.data_ptr<scalar_t>());
+    });
+    return v_coeffs;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("bin_tiles", &bin_tiles, "Bin Gaussians into depth-sorted tile lists (CPU)");
     m.def("op_fwd", &op_fwd, "Gaussian compositing forward (CPU, OpenMP)");
     m.def("op_bwd", &op_bwd, "Gaussian compositing backward (CPU, OpenMP)");
+    m.def("project_fwd", &project_fwd, "EWA projection of 3D Gaussians, forward (CPU, OpenMP)");
+    m.def("project_bwd", &project_bwd, "EWA projection of 3D Gaussians, backward (CPU, OpenMP)");
+    m.def("sh_fwd", &sh_fwd, "SH colour (+0.5, clamped at 0), forward (CPU, OpenMP)");
+    m.def("sh_bwd", &sh_bwd, "SH colour, gradient w.r.t. the coefficients (CPU, OpenMP)");
 }

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from invrender.splat.composite import composite
 from invrender.splat.project import Projected, project_gaussians
-from invrender.splat.sh import eval_sh, num_sh_bases, rgb_to_sh0
+from invrender.splat.sh import num_sh_bases, rgb_to_sh0, sh_colors
 
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
@@ -86,15 +86,20 @@ def render_view(
     backend: str = "auto",
 ) -> RenderOutput:
     """Render the radiance (SH colour) of the Gaussians from one camera."""
+    # projection and SH use the fused native kernels with every compositing backend but the
+    # torch reference (gsplat included: it only replaces the compositing); "auto" stays "auto"
+    # so that it can fall back to torch where native does not apply (e.g. a camera with grad)
+    per_gaussian = {"torch": "torch", "auto": "auto"}.get(backend, "native")
     means = params["means"]
     proj = project_gaussians(
-        means, params["quats"], torch.exp(params["scales"]), viewmat, K, width, height
+        means, params["quats"], torch.exp(params["scales"]), viewmat, K, width, height,
+        backend=per_gaussian,
     )
     cam_center = -viewmat[:3, :3].T @ viewmat[:3, 3]  # [3]
     dirs = means.detach() - cam_center
     dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp(min=1e-12)  # [N, 3]
     coeffs = torch.cat([params["sh0"], params["shN"]], dim=1)  # [N, K, 3]
-    colors = (eval_sh(sh_degree, coeffs, dirs) + 0.5).clamp(min=0.0)  # [N, 3]
+    colors = sh_colors(sh_degree, coeffs, dirs, backend=per_gaussian)  # [N, 3]
     if proj.means2d.requires_grad:
         proj.means2d.retain_grad()
     img, depth, alpha = composite(

@@ -1,13 +1,16 @@
-"""Lazy JIT build of the project's native kernels (``cuda/``) and the native compositing op.
+"""Lazy JIT build of the project's native kernels (``cuda/``) and the native autograd ops
+(compositing, projection, SH colour).
 
 Nothing is compiled at import time: :func:`load_extension` builds on first call with
 ``torch.utils.cpp_extension.load`` and caches the result under
 ``$INVRENDER_CACHE/torch_extensions/<variant>`` (default ``~/.cache/invrender``). Two variants
-exist, built from the same kernel source ``cuda/raster.h``:
+exist, built from the same portable kernel sources ``cuda/raster.h`` and ``cuda/project.h``:
 
-- ``cpu``: ``raster_cpu.cpp`` + ``bindings_cpu.cpp`` with OpenMP, ``-O3 -march=native -ffast-math``
-  (the inner pixel loops rely on auto-vectorization and libmvec's vector ``exp``);
-- ``cuda``: ``raster_cuda.cu`` + ``bindings_cuda.cpp``, when CUDA and ``nvcc`` are available.
+- ``cpu``: ``raster_cpu.cpp`` + ``project_cpu.cpp`` + ``bindings_cpu.cpp`` with OpenMP,
+  ``-O3 -march=native -ffast-math`` (the inner loops rely on auto-vectorization and libmvec's
+  vector ``exp``);
+- ``cuda``: ``raster_cuda.cu`` + ``project_cuda.cu`` + ``bindings_cuda.cpp``, when CUDA and
+  ``nvcc`` are available.
 
 Because of ``-march=native`` the cache key includes the machine name.
 """
@@ -24,7 +27,10 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-__all__ = ["load_extension", "cache_dir", "source_dir", "bin_tiles_torch", "NativeComposite"]
+__all__ = [
+    "load_extension", "cache_dir", "source_dir", "bin_tiles_torch",
+    "NativeComposite", "NativeProject", "NativeSHColors",
+]
 
 
 def source_dir() -> Path:
@@ -63,7 +69,7 @@ def load_extension(variant: str = "cpu") -> ModuleType:
     host = platform.node().replace("-", "_").replace(".", "_") or "host"
     if variant == "cpu":
         _require_tool(os.environ.get("CXX", "c++"), "CPU")
-        sources = [src / "bindings_cpu.cpp", src / "raster_cpu.cpp"]
+        sources = [src / "bindings_cpu.cpp", src / "raster_cpu.cpp", src / "project_cpu.cpp"]
         kwargs = dict(
             extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
@@ -76,7 +82,7 @@ def load_extension(variant: str = "cpu") -> ModuleType:
         nvcc = Path(cpp_extension.CUDA_HOME or "/usr/local/cuda") / "bin" / "nvcc"
         if not nvcc.exists() and shutil.which("nvcc") is None:
             _require_tool("nvcc", "CUDA")
-        sources = [src / "bindings_cuda.cpp", src / "raster_cuda.cu"]
+        sources = [src / "bindings_cuda.cpp", src / "raster_cuda.cu", src / "project_cuda.cu"]
         kwargs = dict(extra_cflags=["-O3"], extra_cuda_cflags=["-O3", "--use_fast_math"])
         name = "invrender_raster_cuda"
     else:
@@ -94,7 +100,7 @@ def load_extension(variant: str = "cpu") -> ModuleType:
         )
     except Exception as exc:  # compiler errors surface as RuntimeError / CalledProcessError
         raise RuntimeError(
-            f"building the native {variant} compositing kernels failed ({exc}); "
+            f"building the native {variant} kernels failed ({exc}); "
             f"build directory: {build}. Set INVRENDER_VERBOSE_BUILD=1 to see the compiler output, "
             "or use backend='torch'."
         ) from exc
@@ -195,3 +201,56 @@ class NativeComposite(torch.autograd.Function):
             width, height, tile_size, torch.get_num_threads(),
         )
         return v_means2d, v_conics, v_opacities, v_features, v_depths, None, None, None, None
+
+
+class NativeProject(torch.autograd.Function):
+    """Private autograd wrapper of the native projection (``cuda/project.h``), CPU or CUDA by
+    the inputs' device. Twin of :func:`invrender.splat.project.project_gaussians` (torch)."""
+
+    @staticmethod
+    def forward(ctx, means, quats, scales, viewmat, K, width, height, near_plane, far_plane, eps2d):
+        variant = "cuda" if means.is_cuda else "cpu"
+        ext = load_extension(variant)
+        cfg = (width, height, float(near_plane), float(far_plane), float(eps2d))
+        means2d, conics, depths, radii = ext.project_fwd(
+            means, quats, scales, viewmat, K, *cfg, torch.get_num_threads()
+        )
+        ctx.save_for_backward(means, quats, scales, viewmat, K, radii)
+        ctx.cfg = (variant, cfg)
+        ctx.mark_non_differentiable(radii)
+        return means2d, conics, depths, radii
+
+    @staticmethod
+    def backward(ctx, v_means2d, v_conics, v_depths, _v_radii):
+        variant, cfg = ctx.cfg
+        means, quats, scales, viewmat, K, radii = ctx.saved_tensors
+        v_means, v_quats, v_scales = load_extension(variant).project_bwd(
+            means, quats, scales, viewmat, K, radii,
+            v_means2d.contiguous(), v_conics.contiguous(), v_depths.contiguous(),
+            *cfg, torch.get_num_threads(),
+        )
+        need = ctx.needs_input_grad
+        return (v_means if need[0] else None, v_quats if need[1] else None,
+                v_scales if need[2] else None, None, None, None, None, None, None, None)
+
+
+class NativeSHColors(torch.autograd.Function):
+    """Private autograd wrapper of the native SH colour ``max(SH(dirs) . coeffs + 0.5, 0)``
+    (``cuda/project.h``). Directions are constants: no gradient flows to ``dirs``."""
+
+    @staticmethod
+    def forward(ctx, degree, coeffs, dirs):
+        variant = "cuda" if coeffs.is_cuda else "cpu"
+        colors = load_extension(variant).sh_fwd(degree, coeffs, dirs, torch.get_num_threads())
+        ctx.save_for_backward(coeffs, dirs)
+        ctx.cfg = (variant, degree)
+        return colors
+
+    @staticmethod
+    def backward(ctx, v_colors):
+        variant, degree = ctx.cfg
+        coeffs, dirs = ctx.saved_tensors
+        v_coeffs = load_extension(variant).sh_bwd(
+            degree, coeffs, dirs, v_colors.contiguous(), torch.get_num_threads()
+        )
+        return None, v_coeffs, None

@@ -1,8 +1,14 @@
 """EWA projection of 3D Gaussians to screen space (Zwicker et al. 2001; Kerbl et al. 2023, eq. 5).
 
-Vectorized torch, differentiable, runs on any device. The output feeds
-:func:`invrender.splat.composite.composite` for every rasterizer backend, so all of them see the
-same 2D Gaussians and only the per-pixel compositing differs.
+Two implementations with the same signature and the same math (``backend=``):
+
+- ``torch``: vectorized torch with autograd, any device; the reference twin;
+- ``native``: fused per-Gaussian forward and backward kernels (``cuda/project.h``, CPU OpenMP or
+  CUDA, JIT-built on first use), which avoid the dozens of small elementwise ops of the twin;
+- ``auto``: ``native`` for float32/float64 tensors on CPU or CUDA, else ``torch``.
+
+The output feeds :func:`invrender.splat.composite.composite` for every rasterizer backend, so all
+of them see the same 2D Gaussians and only the per-pixel compositing differs.
 """
 
 from __future__ import annotations
@@ -18,6 +24,26 @@ class Projected(NamedTuple):
     conics: Tensor  # [N, 3] (a, b, c): upper triangle of the inverse 2D covariance
     depths: Tensor  # [N] camera-space z
     radii: Tensor  # [N] int32, 3-sigma screen radius in pixels; 0 = culled
+
+
+BACKENDS = ("auto", "torch", "native")
+_NATIVE_DTYPES = (torch.float32, torch.float64)
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, constants_need_grad: bool) -> str:
+    """``torch`` or ``native`` for ``backend`` in :data:`BACKENDS` (shared with :mod:`.sh`).
+
+    ``auto`` only picks ``native`` where it computes the same gradients as the twin: float32 or
+    float64 on CPU or CUDA, and no gradient wanted for what the kernels treat as constants.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    supported = device.type in ("cpu", "cuda") and dtype in _NATIVE_DTYPES
+    if backend == "auto":
+        return "native" if supported and not constants_need_grad else "torch"
+    if backend == "native" and not supported:
+        raise ValueError(f"backend='native' needs float32/float64 on CPU or CUDA, got {dtype} on {device}")
+    return backend
 
 
 def quat_to_rotmat(quats: Tensor) -> Tensor:
@@ -51,6 +77,7 @@ def project_gaussians(
     near_plane: float = 0.01,
     far_plane: float = 1e10,
     eps2d: float = 0.3,
+    backend: str = "torch",
 ) -> Projected:
     """Project Gaussians with the local affine (Jacobian) approximation of the perspective map.
 
@@ -59,6 +86,11 @@ def project_gaussians(
     1.3x the field of view, which keeps Gaussians far off-screen from exploding. Gaussians behind
     ``near_plane``, with a degenerate 2D covariance, or whose 3-sigma box misses the image get
     ``radii == 0`` (and finite dummy conics, so no NaN reaches the gradients).
+
+    ``backend`` picks the implementation (module docstring); both give gradients w.r.t.
+    ``means``, ``quats`` (raw, unnormalized) and ``scales``. The native kernels treat ``viewmat``
+    and ``K`` as constants, so ``backend="native"`` refuses them requiring grad and ``"auto"``
+    then falls back to torch.
     """
     if means.ndim != 2 or means.shape[-1] != 3:
         raise ValueError(f"means must be [N, 3], got {tuple(means.shape)}")
@@ -68,7 +100,39 @@ def project_gaussians(
         raise ValueError(f"scales must be [N, 3] with N={means.shape[0]}, got {tuple(scales.shape)}")
     if viewmat.shape != (4, 4) or K.shape != (3, 3):
         raise ValueError(f"viewmat must be [4, 4] and K [3, 3], got {tuple(viewmat.shape)} and {tuple(K.shape)}")
+    camera_grad = viewmat.requires_grad or K.requires_grad
+    impl = resolve_backend(backend, means.device, means.dtype, camera_grad)
+    if impl == "native":
+        if camera_grad:
+            raise ValueError("backend='native' gives no gradient w.r.t. viewmat / K; use backend='torch'")
+        for name, t in (("quats", quats), ("scales", scales)):
+            if t.dtype != means.dtype or t.device != means.device:
+                raise ValueError(f"{name} must be {means.dtype} on {means.device} like means, got {t.dtype} on {t.device}")
+        from invrender.splat.native import NativeProject  # builds the extension on first use
 
+        # the kernels read the camera as raw buffers of the means' dtype, on their device
+        cam = [m.detach().to(device=means.device, dtype=means.dtype).contiguous() for m in (viewmat, K)]
+        means2d, conics, depths, radii = NativeProject.apply(
+            means.contiguous(), quats.contiguous(), scales.contiguous(), cam[0], cam[1],
+            int(width), int(height), near_plane, far_plane, eps2d,
+        )
+        return Projected(means2d, conics, depths, radii)
+    return _project_torch(means, quats, scales, viewmat, K, width, height, near_plane, far_plane, eps2d)
+
+
+def _project_torch(
+    means: Tensor,  # [N, 3]
+    quats: Tensor,  # [N, 4]
+    scales: Tensor,  # [N, 3]
+    viewmat: Tensor,  # [4, 4]
+    K: Tensor,  # [3, 3]
+    width: int,
+    height: int,
+    near_plane: float,
+    far_plane: float,
+    eps2d: float,
+) -> Projected:
+    """The torch twin of the native kernels (``cuda/project.h``): same math, autograd."""
     R = viewmat[:3, :3]  # [3, 3]
     t = viewmat[:3, 3]  # [3]
     p = means @ R.T + t  # [N, 3] camera space
