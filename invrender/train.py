@@ -43,9 +43,13 @@ class LearningRates:
     means_final: float = 1.6e-6
     """Final LR of the positions (exponential decay over the run), times the scene extent."""
     scales: float = 5e-3
+    """LR of the log-scales."""
     quats: float = 1e-3
+    """LR of the (unnormalized) rotation quaternions."""
     opacities: float = 5e-2
+    """LR of the opacity logits."""
     sh0: float = 2.5e-3
+    """LR of the DC (view-independent) colour."""
     shN: float = 2.5e-3 / 20
     """Higher SH bands learn 20x slower than the DC term, which keeps view-dependent colour tame."""
 
@@ -80,6 +84,7 @@ class TrainConfig:
     """Half side of the random-init cube as a fraction of the camera-rig radius (0.33 gives the
     +-1.5 box of NeRF-synthetic / TensoIR scenes, whose cameras sit ~4 units away)."""
     init_opacity: float = 0.1
+    """Opacity of every initial Gaussian."""
     init_scale: float = 1.0
     """Initial scale as a multiple of the mean distance to the 3 nearest points."""
     background: Literal["auto", "white", "black", "random"] = "auto"
@@ -94,10 +99,13 @@ class TrainConfig:
     )
     """Densification schedule; defaults are 3DGS's compressed to the shorter default run."""
     seed: int = 0
+    """Seeds the initialization, the view order and random backgrounds."""
     checkpoint_every: int = 1000
     """Write a checkpoint every this many steps (and at the end)."""
     keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep."""
     log_every: int = 100
+    """Append loss / PSNR / Gaussian count to train_log.jsonl every this many steps."""
     eval_at_end: bool = True
     """Render the test split and write metrics.json when training ends."""
     progress: bool = True
@@ -168,7 +176,7 @@ class Trainer:
         self.params = {k: torch.nn.Parameter(v.data.to(self.device)) for k, v in params.items()}
         self._make_optimizers()
         self.strategy = cfg.strategy
-        self.strategy_state = self.strategy.initial_state(num_gaussians(self.params))
+        self.strategy_state = self.strategy.initial_state(num_gaussians(self.params), self.device)
 
     def _make_optimizers(self) -> None:
         lr = self.cfg.lr

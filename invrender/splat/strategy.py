@@ -83,11 +83,11 @@ class DensifyStrategy:
         """True when opacities are reset after step ``step`` (never at 0, never after densification stops)."""
         return self.reset_every > 0 and step > 0 and step % self.reset_every == 0 and step < self.refine_stop_iter
 
-    def initial_state(self, n: int) -> dict[str, Tensor]:
+    def initial_state(self, n: int, device: torch.device | str = "cpu") -> dict[str, Tensor]:
         return {
-            "grad2d": torch.zeros(n),  # accumulated NDC gradient norms
-            "count": torch.zeros(n),  # number of views in which each Gaussian was visible
-            "max_radii": torch.zeros(n),  # largest screen radius / image size seen
+            "grad2d": torch.zeros(n, device=device),  # accumulated NDC gradient norms
+            "count": torch.zeros(n, device=device),  # number of views in which each Gaussian was visible
+            "max_radii": torch.zeros(n, device=device),  # largest screen radius / image size seen
         }
 
     def accumulate(self, state: dict[str, Tensor], projected: Projected, width: int, height: int) -> None:
@@ -97,8 +97,8 @@ class DensifyStrategy:
             return
         visible = projected.radii > 0  # [N]
         # pixel -> NDC units, so that grow_grad2d means the same at every resolution (as 3DGS)
-        g = grad.detach() * torch.tensor([0.5 * width, 0.5 * height], dtype=grad.dtype)
-        state["grad2d"] += torch.where(visible, g.norm(dim=-1), torch.zeros(()))
+        g = grad.detach() * grad.new_tensor([0.5 * width, 0.5 * height])
+        state["grad2d"] += torch.where(visible, g.norm(dim=-1), 0.0)
         state["count"] += visible.float()
         r = projected.radii.float() / max(width, height)
         state["max_radii"] = torch.maximum(state["max_radii"], r)
@@ -117,7 +117,7 @@ class DensifyStrategy:
         if self.is_refine_step(step):
             info.update(self._grow(params, optimizers, state, scene_extent))
             info["pruned"] = self._prune(params, optimizers, state, step, scene_extent)
-            for k, v in self.initial_state(params["means"].shape[0]).items():
+            for k, v in self.initial_state(params["means"].shape[0], params["means"].device).items():
                 state[k] = v
         if self.is_reset_step(step):
             self._reset_opacity(params, optimizers)
@@ -136,7 +136,7 @@ class DensifyStrategy:
         # respect the budget: splits add one Gaussian each, clones one each
         if int(clone.sum() + split.sum()) > budget:
             order = torch.argsort(avg, descending=True)
-            allowed = torch.zeros(n, dtype=torch.bool)
+            allowed = torch.zeros(n, dtype=torch.bool, device=avg.device)
             allowed[order[:budget]] = True
             clone &= allowed
             split &= allowed
@@ -144,7 +144,7 @@ class DensifyStrategy:
         if n_clone:
             self._duplicate(params, optimizers, state, clone)
         if n_split:
-            split = torch.cat([split, torch.zeros(n_clone, dtype=torch.bool)])
+            split = torch.cat([split, split.new_zeros(n_clone)])
             self._split(params, optimizers, state, split)
         return {"cloned": n_clone, "split": n_split}
 
@@ -166,7 +166,8 @@ class DensifyStrategy:
         keep = (~mask).nonzero()[:, 0]
         scales = torch.exp(params["scales"][idx])  # [S, 3]
         R = quat_to_rotmat(params["quats"][idx])  # [S, 3, 3]
-        samples = (R @ (torch.randn(2, len(idx), 3, 1) * scales[..., None]))[..., 0]  # [2, S, 3]
+        noise = torch.randn(2, len(idx), 3, 1).to(scales.device)  # drawn on CPU: same stream on any device
+        samples = (R @ (noise * scales[..., None]))[..., 0]  # [2, S, 3]
         new_means = (params["means"][idx][None] + samples).reshape(-1, 3)
         new_scales = torch.log(scales / 1.6).repeat(2, 1)
 
