@@ -434,6 +434,8 @@ def run_invrender(scene: dict, init_xyz: np.ndarray, init_rgb: np.ndarray, steps
         strategy=DensifyStrategy(refine_every=0, reset_every=0), checkpoint_every=10**9,
     )
     trainer = Trainer(cfg)
+    if init_rgb.dtype == np.uint8:  # the PLY stores 8-bit colours
+        init_rgb = init_rgb.astype(np.float32) / 255.0
     trainer.params = {
         k: torch.nn.Parameter(v.data)
         for k, v in init_gaussians(torch.from_numpy(init_xyz).float(), torch.from_numpy(init_rgb).float(),
