@@ -1,36 +1,18 @@
-// torch bindings of the CPU ops (compositing, projection, SH colour): checks, allocation,
-// float/double dispatch. The public functions (invrender/splat/composite.py, project.py, sh.py)
-// have already validated shapes; the checks here guard the raw-pointer kernels against misuse
-// from elsewhere.
+// torch bindings of the CPU ops (compositing, projection, SH colour): allocation and float/double
+// dispatch. The argument checks and params structs are shared with the CUDA variant
+// (bindings_common.h).
 #include <torch/extension.h>
 
+#include "bindings_common.h"
 #include "project.h"
 #include "raster_launch.h"
 
 namespace {
 
 using invrender::RasterParams;
+using namespace invrender::bindings;
 
-void check_input(const torch::Tensor &t, const char *name, torch::ScalarType dtype) {
-    TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
-    TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-    TORCH_CHECK(t.scalar_type() == dtype, name, " must be ", dtype, ", got ", t.scalar_type());
-}
-
-RasterParams make_params(int64_t n, int64_t channels, int64_t width, int64_t height,
-                         int64_t tile_size, int64_t num_threads) {
-    TORCH_CHECK(tile_size >= 1 && width >= 0 && height >= 0, "bad image / tile size");
-    RasterParams p;
-    p.n_gaussians = int(n);
-    p.channels = int(channels);
-    p.width = int(width);
-    p.height = int(height);
-    p.tile_size = int(tile_size);
-    p.tiles_x = invrender::ceil_div(p.width, p.tile_size);
-    p.tiles_y = invrender::ceil_div(p.height, p.tile_size);
-    p.num_threads = int(std::max<int64_t>(1, num_threads));
-    return p;
-}
+constexpr torch::DeviceType kDevice = torch::kCPU;  // where every tensor argument must live
 
 // -> (tile_offsets int32 [tiles_y * tiles_x + 1], flat_ids int32 [P])
 std::vector<torch::Tensor> bin_tiles(torch::Tensor means2d,  // [N, 2]
@@ -38,10 +20,10 @@ std::vector<torch::Tensor> bin_tiles(torch::Tensor means2d,  // [N, 2]
                                      torch::Tensor depths,   // [N]
                                      int64_t width, int64_t height, int64_t tile_size) {
     const auto dt = means2d.scalar_type();
-    check_input(means2d, "means2d", dt);
-    check_input(radii, "radii", torch::kInt32);
-    check_input(depths, "depths", dt);
-    const RasterParams p = make_params(means2d.size(0), 1, width, height, tile_size, 1);
+    check_input(means2d, "means2d", dt, kDevice);
+    check_input(radii, "radii", torch::kInt32, kDevice);
+    check_input(depths, "depths", dt, kDevice);
+    const RasterParams p = make_params(means2d.size(0), 1, width, height, tile_size, 1, kDevice);
     std::vector<int32_t> offsets, ids;
     AT_DISPATCH_FLOATING_TYPES(dt, "bin_tiles", [&] {
         invrender::bin_tiles_cpu<scalar_t>(p, means2d.data_ptr<scalar_t>(),
@@ -67,16 +49,9 @@ std::vector<torch::Tensor> op_fwd(torch::Tensor means2d,       // [N, 2]
                                   int64_t width, int64_t height, int64_t tile_size,
                                   int64_t num_threads) {
     const auto dt = means2d.scalar_type();
-    check_input(means2d, "means2d", dt);
-    check_input(conics, "conics", dt);
-    check_input(opacities, "opacities", dt);
-    check_input(features, "features", dt);
-    check_input(depths, "depths", dt);
-    check_input(tile_offsets, "tile_offsets", torch::kInt32);
-    check_input(flat_ids, "flat_ids", torch::kInt32);
     const RasterParams p =
-        make_params(means2d.size(0), features.size(1), width, height, tile_size, num_threads);
-    TORCH_CHECK(tile_offsets.numel() == (int64_t)p.tiles_x * p.tiles_y + 1, "tile_offsets size");
+        check_op_fwd_args(kDevice, means2d, conics, opacities, features, depths, tile_offsets,
+                          flat_ids, width, height, tile_size, num_threads);
     auto opt = means2d.options();
     torch::Tensor out_feat = torch::empty({height, width, features.size(1)}, opt);
     torch::Tensor out_depth = torch::empty({height, width, 1}, opt);
@@ -107,18 +82,9 @@ std::vector<torch::Tensor> op_bwd(torch::Tensor means2d, torch::Tensor conics,
                                   int64_t width, int64_t height, int64_t tile_size,
                                   int64_t num_threads) {
     const auto dt = means2d.scalar_type();
-    for (auto &pr : std::vector<std::pair<torch::Tensor *, const char *>>{
-             {&means2d, "means2d"}, {&conics, "conics"}, {&opacities, "opacities"},
-             {&features, "features"}, {&depths, "depths"}, {&out_alpha, "out_alpha"},
-             {&v_out_feat, "v_out_feat"}, {&v_out_depth, "v_out_depth"},
-             {&v_out_alpha, "v_out_alpha"}})
-        check_input(*pr.first, pr.second, dt);
-    check_input(tile_offsets, "tile_offsets", torch::kInt32);
-    check_input(flat_ids, "flat_ids", torch::kInt32);
-    check_input(last, "last", torch::kInt32);
-    const RasterParams p =
-        make_params(means2d.size(0), features.size(1), width, height, tile_size, num_threads);
-    TORCH_CHECK(v_out_feat.numel() == (int64_t)height * width * p.channels, "v_out_feat size");
+    const RasterParams p = check_op_bwd_args(
+        kDevice, means2d, conics, opacities, features, depths, tile_offsets, flat_ids, out_alpha,
+        last, v_out_feat, v_out_depth, v_out_alpha, width, height, tile_size, num_threads);
     torch::Tensor v_means2d = torch::empty_like(means2d);
     torch::Tensor v_conics = torch::empty_like(conics);
     torch::Tensor v_opacities = torch::empty_like(opacities);
@@ -141,27 +107,6 @@ std::vector<torch::Tensor> op_bwd(torch::Tensor means2d, torch::Tensor conics,
 
 // ---- projection (project.h) ----
 
-invrender::ProjectParams make_project_params(int64_t n, int64_t width, int64_t height,
-                                             double near_plane, double far_plane, double eps2d,
-                                             int64_t num_threads) {
-    TORCH_CHECK(width >= 0 && height >= 0, "bad image size");
-    invrender::ProjectParams p;
-    p.n_gaussians = int(n);
-    p.width = int(width);
-    p.height = int(height);
-    p.near_plane = near_plane;
-    p.far_plane = far_plane;
-    p.eps2d = eps2d;
-    p.num_threads = int(std::max<int64_t>(1, num_threads));
-    return p;
-}
-
-void check_camera(const torch::Tensor &viewmat, const torch::Tensor &K, torch::ScalarType dt) {
-    check_input(viewmat, "viewmat", dt);
-    check_input(K, "K", dt);
-    TORCH_CHECK(viewmat.numel() == 16 && K.numel() == 9, "viewmat must be [4, 4] and K [3, 3]");
-}
-
 // -> (means2d [N, 2], conics [N, 3], depths [N], radii int32 [N])
 std::vector<torch::Tensor> project_fwd(torch::Tensor means,    // [N, 3]
                                        torch::Tensor quats,    // [N, 4]
@@ -171,14 +116,9 @@ std::vector<torch::Tensor> project_fwd(torch::Tensor means,    // [N, 3]
                                        int64_t width, int64_t height, double near_plane,
                                        double far_plane, double eps2d, int64_t num_threads) {
     const auto dt = means.scalar_type();
-    check_input(means, "means", dt);
-    check_input(quats, "quats", dt);
-    check_input(scales, "scales", dt);
-    check_camera(viewmat, K, dt);
+    const auto p = check_project_fwd_args(kDevice, means, quats, scales, viewmat, K, width, height,
+                                          near_plane, far_plane, eps2d, num_threads);
     const int64_t n = means.size(0);
-    TORCH_CHECK(means.numel() == 3 * n && quats.numel() == 4 * n && scales.numel() == 3 * n,
-                "means, quats, scales must be [N, 3], [N, 4], [N, 3]");
-    const auto p = make_project_params(n, width, height, near_plane, far_plane, eps2d, num_threads);
     auto opt = means.options();
     torch::Tensor means2d = torch::empty({n, 2}, opt);
     torch::Tensor conics = torch::empty({n, 3}, opt);
@@ -204,20 +144,9 @@ std::vector<torch::Tensor> project_bwd(torch::Tensor means, torch::Tensor quats,
                                        int64_t width, int64_t height, double near_plane,
                                        double far_plane, double eps2d, int64_t num_threads) {
     const auto dt = means.scalar_type();
-    check_input(means, "means", dt);
-    check_input(quats, "quats", dt);
-    check_input(scales, "scales", dt);
-    check_camera(viewmat, K, dt);
-    check_input(radii, "radii", torch::kInt32);
-    check_input(v_means2d, "v_means2d", dt);
-    check_input(v_conics, "v_conics", dt);
-    check_input(v_depths, "v_depths", dt);
-    const int64_t n = means.size(0);
-    TORCH_CHECK(means.numel() == 3 * n && quats.numel() == 4 * n && scales.numel() == 3 * n &&
-                    radii.numel() == n && v_means2d.numel() == 2 * n &&
-                    v_conics.numel() == 3 * n && v_depths.numel() == n,
-                "project_bwd: inconsistent sizes");
-    const auto p = make_project_params(n, width, height, near_plane, far_plane, eps2d, num_threads);
+    const auto p = check_project_bwd_args(kDevice, means, quats, scales, viewmat, K, radii,
+                                          v_means2d, v_conics, v_depths, width, height,
+                                          near_plane, far_plane, eps2d, num_threads);
     torch::Tensor v_means = torch::empty_like(means);
     torch::Tensor v_quats = torch::empty_like(quats);
     torch::Tensor v_scales = torch::empty_like(scales);
@@ -234,29 +163,12 @@ std::vector<torch::Tensor> project_bwd(torch::Tensor means, torch::Tensor quats,
 
 // ---- SH colour (project.h) ----
 
-invrender::ShParams make_sh_params(int64_t degree, const torch::Tensor &coeffs,
-                                   int64_t num_threads) {
-    TORCH_CHECK(degree >= 0 && degree <= 3, "SH degree must be in 0..3, got ", degree);
-    TORCH_CHECK(coeffs.dim() == 3 && coeffs.size(2) == 3, "coeffs must be [N, K, 3]");
-    invrender::ShParams p;
-    p.n_gaussians = int(coeffs.size(0));
-    p.n_coeffs = int(coeffs.size(1));
-    p.n_bases = int((degree + 1) * (degree + 1));
-    p.num_threads = int(std::max<int64_t>(1, num_threads));
-    TORCH_CHECK(p.n_coeffs >= p.n_bases, "coeffs hold ", p.n_coeffs, " bases, degree ", degree,
-                " needs ", p.n_bases);
-    return p;
-}
-
 // -> colors [N, 3] = max(sum_k basis_k(dirs) coeffs[:, k] + 0.5, 0)
 torch::Tensor sh_fwd(int64_t degree, torch::Tensor coeffs,  // [N, K, 3]
                      torch::Tensor dirs,                    // [N, 3] unit
                      int64_t num_threads) {
     const auto dt = coeffs.scalar_type();
-    check_input(coeffs, "coeffs", dt);
-    check_input(dirs, "dirs", dt);
-    const auto p = make_sh_params(degree, coeffs, num_threads);
-    TORCH_CHECK(dirs.numel() == 3 * (int64_t)p.n_gaussians, "dirs must be [N, 3]");
+    const auto p = check_sh_fwd_args(kDevice, degree, coeffs, dirs, num_threads);
     torch::Tensor colors = torch::empty({coeffs.size(0), 3}, coeffs.options());
     AT_DISPATCH_FLOATING_TYPES(dt, "sh_fwd", [&] {
         invrender::sh_fwd_cpu<scalar_t>(p, coeffs.data_ptr<scalar_t>(), dirs.data_ptr<scalar_t>(),
@@ -270,13 +182,7 @@ torch::Tensor sh_bwd(int64_t degree, torch::Tensor coeffs, torch::Tensor dirs,
                      torch::Tensor v_colors,  // [N, 3]
                      int64_t num_threads) {
     const auto dt = coeffs.scalar_type();
-    check_input(coeffs, "coeffs", dt);
-    check_input(dirs, "dirs", dt);
-    check_input(v_colors, "v_colors", dt);
-    const auto p = make_sh_params(degree, coeffs, num_threads);
-    TORCH_CHECK(dirs.numel() == 3 * (int64_t)p.n_gaussians &&
-                    v_colors.numel() == 3 * (int64_t)p.n_gaussians,
-                "dirs and v_colors must be [N, 3]");
+    const auto p = check_sh_bwd_args(kDevice, degree, coeffs, dirs, v_colors, num_threads);
     torch::Tensor v_coeffs = torch::empty_like(coeffs);
     AT_DISPATCH_FLOATING_TYPES(dt, "sh_bwd", [&] {
         invrender::sh_bwd_cpu<scalar_t>(p, coeffs.data_ptr<scalar_t>(), dirs.data_ptr<scalar_t>(),
