@@ -25,7 +25,7 @@ from torch import Tensor
 from invrender.checkpoint import atomic_torch_save, atomic_write_bytes, checkpoint_path, latest_checkpoint
 from invrender.checkpoint import load_checkpoint, prune_checkpoints
 from invrender.color import linear_to_srgb
-from invrender.metrics import psnr, ssim
+from invrender.metrics import ssim
 from invrender.splat.gaussians import PARAM_NAMES, init_gaussians, num_gaussians, random_points, render_view
 from invrender.splat.strategy import DensifyStrategy
 

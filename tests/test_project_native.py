@@ -6,7 +6,6 @@ implementations and compares the outputs and the input gradients, in float64.
 
 from __future__ import annotations
 
-import math
 import shutil
 
 import pytest

@@ -20,10 +20,9 @@ from invrender import cameras
 from invrender.data.scene import (
     DatasetError,
     SceneData,
+    capture_scene,
     SplitBuilder,
     Views,
-    camera_extent,
-    find_envmaps,
     fit_normalization,
     transform_points,
 )
@@ -145,17 +144,4 @@ def load(root: Path, *, downscale: int = 1, splits=("train", "test")) -> SceneDa
         xyz = torch.from_numpy(np.stack([np.asarray(p.xyz, dtype=np.float64) for p in pts])).float()
         points = transform_points(xyz, N)
         colors = torch.from_numpy(np.stack([np.asarray(p.color, dtype=np.float32) for p in pts]) / 255.0)
-    ref = next(iter(views.values()))
-    empty = Views.empty(ref.width, ref.height)
-    return SceneData(
-        root=root,
-        format="colmap",
-        train=views.get("train", empty),
-        test=views.get("test", empty),
-        points=points,
-        point_colors=colors,
-        normalization=N.float(),
-        envmaps=find_envmaps(root),
-        scene_radius=camera_extent(viewmats),
-        white_background=False,
-    )
+    return capture_scene(root, "colmap", views, viewmats, points, colors, N)

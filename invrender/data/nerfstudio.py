@@ -29,10 +29,9 @@ from invrender import cameras
 from invrender.data.scene import (
     DatasetError,
     SceneData,
+    capture_scene,
     SplitBuilder,
     Views,
-    camera_extent,
-    find_envmaps,
     fit_normalization,
     number,
     pose_matrix,
@@ -191,17 +190,4 @@ def load(root: Path, *, downscale: int = 1, splits=("train", "test")) -> SceneDa
         points = transform_points(points, N)
         if colors is None:
             colors = torch.full_like(points, 0.5)
-    ref = next(iter(views.values()))
-    empty = Views.empty(ref.width, ref.height)
-    return SceneData(
-        root=root,
-        format="nerfstudio",
-        train=views.get("train", empty),
-        test=views.get("test", empty),
-        points=points,
-        point_colors=colors,
-        normalization=(N @ applied).float(),
-        envmaps=find_envmaps(root),
-        scene_radius=camera_extent(viewmats),
-        white_background=False,
-    )
+    return capture_scene(root, "nerfstudio", views, viewmats, points, colors, (N @ applied))

@@ -424,6 +424,27 @@ def transform_points(points: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
     return (p @ T[:3, :3].T + T[:3, 3]).float()
 
 
+def capture_scene(root: Path, fmt: str, views: dict[str, Views], viewmats: torch.Tensor,
+                  points: torch.Tensor | None, colors: torch.Tensor | None,
+                  normalization: torch.Tensor) -> SceneData:
+    """The SceneData of a real capture (nerfstudio, COLMAP): black background by default, the
+    scene radius from all its cameras, an empty Views for a split it does not have."""
+    ref = next(iter(views.values()))
+    empty = Views.empty(ref.width, ref.height)
+    return SceneData(
+        root=root,
+        format=fmt,
+        train=views.get("train", empty),
+        test=views.get("test", empty),
+        points=points,
+        point_colors=colors,
+        normalization=normalization.float(),
+        envmaps=find_envmaps(root),
+        scene_radius=camera_extent(viewmats),
+        white_background=False,
+    )
+
+
 def find_envmaps(root: Path) -> dict[str, Path]:
     """Environment maps under ``<root>/envmaps``: name (file stem) -> path, sorted by name."""
     d = root / "envmaps"
