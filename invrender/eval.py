@@ -48,7 +48,7 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu") -> LoadedRun:
 def _load_split(run: LoadedRun, split: str, data: Path | None = None):
     from invrender.data import load_scene  # noqa: PLC0415
 
-    scene = load_scene(data or run.meta["data"], downscale=run.meta.get("downscale", 1))
+    scene = load_scene(data or run.meta["data"], downscale=run.meta.get("downscale", 1), splits=(split,))
     views = getattr(scene, split, None)
     if views is None:
         raise ValueError(f"split '{split}' not found in {scene.root} (choose train or test)")
