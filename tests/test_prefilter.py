@@ -1,0 +1,59 @@
+"""Prefiltered specular mips: normalization, blur, the shape of a linear map's prefilter, roughness interpolation."""
+
+import torch
+
+from invrender.shading.light import cube_directions
+from invrender.shading.prefilter import SpecularMips, downsample_cube, prefilter_matrix
+
+
+def test_rows_are_normalized_and_constant_maps_stay_constant():
+    M = prefilter_matrix(8, 0.5)
+    ones = torch.ones(M.shape[1], 1)
+    torch.testing.assert_close(M @ ones, ones)
+    mips = SpecularMips(16, (0.0, 0.3, 1.0), divisors=(1, 2, 2))
+    levels = mips.levels(torch.full((6, 16, 16, 3), 0.7))
+    assert [lv.shape[1] for lv in levels] == [16, 8, 8]
+    for lv in levels:
+        torch.testing.assert_close(lv, torch.full_like(lv, 0.7))
+
+
+def test_linear_map_prefilters_to_a_scaled_copy():
+    # L(l) = b + a.l: by the lobe's symmetry about r, L_r(r) = b + k a.r with 0 < k < 1 shrinking
+    # as roughness grows (the lobe's mean direction shortens)
+    res = 16
+    d = cube_directions(res).reshape(-1, 3)
+    a = torch.tensor([0.3, -0.2, 0.5])
+    L = (1.0 + d @ a)[:, None]
+    ks = []
+    for r in (0.3, 0.6, 1.0):
+        out = (prefilter_matrix(res, r) @ L)[:, 0]
+        k = (out - 1.0) / (d @ a)
+        sel = (d @ a).abs() > 0.2  # away from a.r = 0 where the ratio is ill-conditioned
+        spread = float(k[sel].std() / k[sel].mean())
+        assert spread < 0.03, (r, spread)  # same k in every direction: texel discretization only
+        ks.append(float(k[sel].mean()))
+    assert 1.0 > ks[0] > ks[1] > ks[2] > 0.0, ks
+
+
+def test_blur_grows_with_roughness_and_stays_centred():
+    base = torch.full((6, 16, 16, 1), 0.01)
+    base[4, 7:9, 7:9] = 100.0  # a small bright light around +Z
+    mips = SpecularMips(16, (0.0, 0.2, 0.5, 1.0), divisors=(1, 2, 2, 4))
+    levels = mips.levels(base)
+    peaks = [float(lv.max()) for lv in levels]
+    assert peaks[0] > peaks[1] > peaks[2] > peaks[3], peaks
+    for lv in levels[1:]:
+        assert int(lv[..., 0].argmax()) // lv.shape[1] ** 2 == 4  # the brightest prefiltered texel still looks at +Z
+    z = torch.tensor([[0.0, 0.0, 1.0]])
+    # interpolation in roughness: exact at the levels, between them in between
+    vals = [float(mips.sample(levels, z, torch.tensor([r]))[0, 0]) for r in (0.2, 0.35, 0.5)]
+    assert vals[0] > vals[1] > vals[2]
+
+
+def test_gradients_reach_the_base_cube_and_downsample():
+    cube = torch.rand(6, 16, 16, 3, requires_grad=True)
+    mips = SpecularMips(16, (0.0, 0.4, 1.0), divisors=(1, 2, 4))
+    dirs = torch.nn.functional.normalize(torch.randn(64, 3), dim=-1)
+    mips.sample(mips.levels(cube), dirs, torch.rand(64)).sum().backward()
+    assert cube.grad is not None and torch.isfinite(cube.grad).all() and cube.grad.abs().sum() > 0
+    torch.testing.assert_close(downsample_cube(torch.ones(6, 16, 16, 2), 4), torch.ones(6, 4, 4, 2))
