@@ -6,11 +6,13 @@ Why the thresholds: the exact integral of our BRDF (Lambert + GGX / Smith / Schl
 Mitsuba's principled to 41-49 dB on such pixels; our renderer gives some of that up by design —
 diffuse light by order-2 SH irradiance (a low-pass of the environment), specular by the split sum
 (the lobe taken as symmetric about the mirror direction, n = v when prefiltering, mip levels at
-fixed roughness), and Mitsuba's own Monte-Carlo noise at 256 spp. Rough dielectrics and a glossy
-dielectric land at ~36.5 dB (targets 35 and 30). The rough metal, whose whole colour is the
-split-sum specular, lands at ~30 dB, ~6 % darker than Mitsuba: short of the 35 dB target, kept as
-a strict expected failure (it starts failing loudly once the specular path is improved) beside a
-regression floor.
+fixed roughness), and Mitsuba's own Monte-Carlo noise at 256 spp. (For scale: a brute-force
+quadrature of our BRDF over the environment at 32² texels a face gives 37.8 / 38.6 / 38.0 dB for the three
+materials below, mean brightness within 0-3 %.) With the specular lookup along the "dominant
+direction", rough and glossy dielectrics land at ~37 dB (targets 35 and 30). The rough metal, whose
+whole colour is the split-sum specular, lands at 33.1 dB (30.0 with mirror-direction lookups):
+short of the 35 dB target, kept as a strict expected failure (it fails loudly once the specular
+path is good enough) beside a regression floor.
 """
 
 import math
@@ -110,9 +112,9 @@ ROUGH_METAL = ((0.9, 0.6, 0.3), 0.6, 1.0)
 
 
 def test_rough_metal_regression_floor(light):
-    assert _psnr_inner(ROUGH_METAL, light) >= 29.0  # measured 30.0 dB
+    assert _psnr_inner(ROUGH_METAL, light) >= 32.0  # measured 33.1 dB
 
 
-@pytest.mark.xfail(strict=True, reason="split-sum specular of a rough metal is ~6 % dark: 30 dB, target 35 dB")
+@pytest.mark.xfail(strict=True, reason="split-sum specular of a rough metal: 33.1 dB against Mitsuba, target 35 dB")
 def test_rough_metal_matches_mitsuba(light):
     assert _psnr_inner(ROUGH_METAL, light) >= 35.0

@@ -62,7 +62,12 @@ def shade(
     n_dot_v = (n * wo).sum(-1, keepdim=True)
     # normals that face away (silhouettes, interpolation) are bent to the horizon's edge
     n_dot_v_c = n_dot_v.clamp(min=1e-4)
-    refl = 2.0 * n_dot_v * n - wo  # [..., 3]
+    refl = 2.0 * n_dot_v * n - wo  # [..., 3] mirror direction
+    # Rough lobes peak off-specular, towards the normal: look the prefiltered light up along the
+    # "dominant direction" of Lagarde & de Rousiers (2014, sec. 4.9.3) instead of the mirror one.
+    alpha = gbuffer.roughness * gbuffer.roughness
+    s = (1.0 - alpha) * (torch.sqrt((1.0 - alpha).clamp(min=0.0)) + alpha)
+    refl = F.normalize(n + s * (refl - n), dim=-1)
 
     vis = gbuffer.visibility if gbuffer.visibility is not None else 1.0
     diffuse = gbuffer.albedo * (1.0 - gbuffer.metallic) / torch.pi * light.irradiance(n) * vis
