@@ -19,8 +19,7 @@ from invrender.data.scene import (
     SceneData,
     SplitBuilder,
     Views,
-    camera_extent,
-    find_envmaps,
+    make_scene_data,
     number,
     pose_matrix,
     read_json,
@@ -106,22 +105,7 @@ def build_views(
 
 def assemble(root: Path, fmt: str, views: dict[str, Views]) -> SceneData:
     """SceneData for synthetic formats (identity normalization, white background)."""
-    loaded = [v for v in views.values() if len(v)]
-    ref = loaded[0]
-    empty = Views.empty(ref.width, ref.height)
-    all_viewmats = torch.cat([v.viewmats for v in loaded])
-    return SceneData(
-        root=root,
-        format=fmt,
-        train=views.get("train", empty),
-        test=views.get("test", empty),
-        points=None,
-        point_colors=None,
-        normalization=torch.eye(4),
-        envmaps=find_envmaps(root),
-        scene_radius=camera_extent(all_viewmats),
-        white_background=True,
-    )
+    return make_scene_data(root, fmt, views, None, None, torch.eye(4), white_background=True)
 
 
 def load(root: Path, *, downscale: int = 1, splits=("train", "test")) -> SceneData:

@@ -20,7 +20,7 @@ from invrender import cameras
 from invrender.data.scene import (
     DatasetError,
     SceneData,
-    capture_scene,
+    make_scene_data,
     SplitBuilder,
     Views,
     fit_normalization,
@@ -144,4 +144,6 @@ def load(root: Path, *, downscale: int = 1, splits=("train", "test")) -> SceneDa
         xyz = torch.from_numpy(np.stack([np.asarray(p.xyz, dtype=np.float64) for p in pts])).float()
         points = transform_points(xyz, N)
         colors = torch.from_numpy(np.stack([np.asarray(p.color, dtype=np.float32) for p in pts]) / 255.0)
-    return capture_scene(root, "colmap", views, viewmats, points, colors, N)
+    # a real capture: black background by default
+    return make_scene_data(root, "colmap", views, points, colors, N, white_background=False,
+                           viewmats=viewmats)

@@ -29,7 +29,7 @@ from invrender import cameras
 from invrender.data.scene import (
     DatasetError,
     SceneData,
-    capture_scene,
+    make_scene_data,
     SplitBuilder,
     Views,
     fit_normalization,
@@ -190,4 +190,6 @@ def load(root: Path, *, downscale: int = 1, splits=("train", "test")) -> SceneDa
         points = transform_points(points, N)
         if colors is None:
             colors = torch.full_like(points, 0.5)
-    return capture_scene(root, "nerfstudio", views, viewmats, points, colors, (N @ applied))
+    # a real capture: black background by default
+    return make_scene_data(root, "nerfstudio", views, points, colors, (N @ applied), white_background=False,
+                           viewmats=viewmats)

@@ -424,13 +424,16 @@ def transform_points(points: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
     return (p @ T[:3, :3].T + T[:3, 3]).float()
 
 
-def capture_scene(root: Path, fmt: str, views: dict[str, Views], viewmats: torch.Tensor,
-                  points: torch.Tensor | None, colors: torch.Tensor | None,
-                  normalization: torch.Tensor) -> SceneData:
-    """The SceneData of a real capture (nerfstudio, COLMAP): black background by default, the
-    scene radius from all its cameras, an empty Views for a split it does not have."""
-    ref = next(iter(views.values()))
+def make_scene_data(root: Path, fmt: str, views: dict[str, Views], points: torch.Tensor | None,
+                    colors: torch.Tensor | None, normalization: torch.Tensor, white_background: bool,
+                    viewmats: torch.Tensor | None = None) -> SceneData:
+    """The SceneData every reader returns: the scene radius from ``viewmats`` (default: all loaded
+    cameras), an empty Views for a split the dataset does not have, env maps found under ``root``."""
+    loaded = [v for v in views.values() if len(v)]
+    ref = loaded[0] if loaded else next(iter(views.values()))
     empty = Views.empty(ref.width, ref.height)
+    if viewmats is None:
+        viewmats = torch.cat([v.viewmats for v in loaded]) if loaded else ref.viewmats
     return SceneData(
         root=root,
         format=fmt,
@@ -441,7 +444,7 @@ def capture_scene(root: Path, fmt: str, views: dict[str, Views], viewmats: torch
         normalization=normalization.float(),
         envmaps=find_envmaps(root),
         scene_radius=camera_extent(viewmats),
-        white_background=False,
+        white_background=white_background,
     )
 
 
