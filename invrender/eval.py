@@ -21,7 +21,7 @@ from invrender.checkpoint import atomic_write_bytes, latest_checkpoint, load_che
 from invrender.color import linear_to_srgb
 from invrender.metrics import LPIPSUnavailable, load_lpips, lpips_score, psnr, ssim
 from invrender.splat.gaussians import num_gaussians, render_view
-from invrender.train import background_color
+from invrender.train import background_color, resolve_background
 
 
 @dataclass
@@ -98,9 +98,8 @@ def evaluate_run(
 
     run = load_run(run_dir)
     scene, views = _load_split(run, split)
-    bg = background_color(run.meta.get("background", "white"), scene.white_background, "cpu")
-    if run.meta.get("background") == "random":  # a random-background run is judged on white
-        bg = torch.ones(3)
+    kind = resolve_background(run.meta.get("background", "white"), scene.white_background)
+    bg = background_color(kind, "cpu")
     renders_dir = Path(renders_dir) if renders_dir is not None else Path(run_dir) / "renders" / split
     try:
         lpips_model, lpips_note = load_lpips(), None

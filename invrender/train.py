@@ -128,12 +128,18 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def background_color(kind: str, white_default: bool, device) -> Tensor:
+def resolve_background(kind: str, white_default: bool) -> str:
+    """``auto`` -> white for synthetic captures, black otherwise; other kinds unchanged."""
     if kind == "auto":
-        kind = "white" if white_default else "black"
-    if kind == "white":
-        return torch.ones(3, device=device)
-    return torch.zeros(3, device=device)
+        return "white" if white_default else "black"
+    return kind
+
+
+def background_color(kind: str, device) -> Tensor:
+    """The fixed colour of a resolved background kind; ``random`` runs are rendered and judged on white."""
+    if kind == "black":
+        return torch.zeros(3, device=device)
+    return torch.ones(3, device=device)
 
 
 class Trainer:
@@ -152,9 +158,7 @@ class Trainer:
         self.viewmats = train.viewmats.to(self.device)
         self.Ks = train.Ks.to(self.device)
         self.extent = float(self.scene.scene_radius)
-        self.bg_kind = cfg.background
-        if self.bg_kind == "auto":
-            self.bg_kind = "white" if self.scene.white_background else "black"
+        self.bg_kind = resolve_background(cfg.background, self.scene.white_background)
         self.rng = torch.Generator().manual_seed(cfg.seed)  # view order and random backgrounds
         self.step = 0
         self.order: list[int] = []
@@ -260,7 +264,7 @@ class Trainer:
     def _background(self) -> Tensor:
         if self.bg_kind == "random":
             return torch.rand(3, generator=self.rng).to(self.device)
-        return background_color(self.bg_kind, True, self.device)
+        return background_color(self.bg_kind, self.device)
 
     def train_step(self) -> dict:
         cfg = self.cfg
