@@ -6,7 +6,6 @@ NeRF papers report; the same function is the D-SSIM term of the training loss.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -81,7 +80,3 @@ def lpips_score(model, pred: Tensor, gt: Tensor) -> float:
         x = pred.permute(2, 0, 1)[None] * 2 - 1
         y = gt.permute(2, 0, 1)[None] * 2 - 1
         return float(model(x, y).mean())
-
-
-def mse_to_psnr(mse: float) -> float:
-    return -10.0 * math.log10(max(mse, 1e-12))

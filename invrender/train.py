@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from torch import Tensor
 from invrender.checkpoint import atomic_torch_save, atomic_write_bytes, checkpoint_path, latest_checkpoint
 from invrender.checkpoint import load_checkpoint, prune_checkpoints
 from invrender.color import linear_to_srgb
-from invrender.metrics import ssim
+from invrender.metrics import psnr, ssim
 from invrender.splat.gaussians import PARAM_NAMES, init_gaussians, num_gaussians, random_points, render_view
 from invrender.splat.strategy import DensifyStrategy
 
@@ -293,9 +292,7 @@ class Trainer:
         )
         if self.strategy.is_refine_step(step) or step % cfg.log_every == 0:
             self.check_finite()
-        with torch.no_grad():
-            p = -10.0 * math.log10(max(float(((out.rgb - gt) ** 2).mean()), 1e-12))
-        return {"step": step, "loss": float(loss.detach()), "psnr": p, "n": num_gaussians(self.params), **info}
+        return {"step": step, "loss": float(loss.detach()), "psnr": psnr(out.rgb.detach(), gt), "n": num_gaussians(self.params), **info}
 
     def check_finite(self) -> None:
         for k, v in self.params.items():

@@ -121,11 +121,3 @@ def render_view(
 
 def num_gaussians(params: dict[str, Tensor]) -> int:
     return int(params["means"].shape[0])
-
-
-def scene_extent_from_cameras(viewmats: Tensor) -> float:
-    """Radius of the camera rig around its centroid (3DGS's ``cameras_extent``)."""
-    centers = -(viewmats[:, :3, :3].transpose(1, 2) @ viewmats[:, :3, 3:4])[..., 0]  # [V, 3]
-    return float(1.1 * (centers - centers.mean(0)).norm(dim=-1).max().clamp(min=1e-3))
-
-
