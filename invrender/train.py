@@ -24,6 +24,7 @@ from torch import Tensor
 from invrender.checkpoint import atomic_torch_save, atomic_write_bytes, checkpoint_path, latest_checkpoint
 from invrender.checkpoint import load_checkpoint, prune_checkpoints
 from invrender.color import linear_to_srgb
+from invrender.distill.schedule import DistillConfig
 from invrender.metrics import psnr, ssim
 from invrender.splat.gaussians import PARAM_NAMES, init_gaussians, num_gaussians, random_points, render_view
 from invrender.splat.strategy import DensifyStrategy
@@ -61,8 +62,12 @@ class TrainConfig:
     """Dataset folder: NeRF-synthetic / TensoIR (transforms_*.json), nerfstudio (transforms.json) or COLMAP (sparse/0)."""
     out: Path = Path("runs/latest")
     """Run folder: config, checkpoints, renders and metrics go here."""
-    steps: int = 6000
-    """Number of optimization steps (one view each)."""
+    steps: int = 5000
+    """Stage-1 (radiance pre-training) steps, one view each; the distillation stages follow
+    (``--distill.*-steps``), so a run trains ``steps + distill.steps`` steps in all."""
+    preset: Literal["prd", "pbr", "radiance"] = "prd"
+    """prd: learned progress map (PRD); pbr: progress held at 1 (physically based baseline);
+    radiance: progress held at 0 (radiance field only). All three train the same schedule."""
     backend: Literal["auto", "native", "torch", "gsplat"] = "auto"
     """Rasterizer backend: auto = gsplat or native on CUDA, native on CPU."""
     resume: bool = False
@@ -91,6 +96,8 @@ class TrainConfig:
     ssim_lambda: float = 0.2
     """Weight of D-SSIM in the loss: (1 - lambda) L1 + lambda (1 - SSIM)."""
     lr: LearningRates = field(default_factory=LearningRates)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    """Stages 2-4 of PRD (specular, diffuse, joint): lengths, weights, learning rates."""
     strategy: DensifyStrategy = field(
         default_factory=lambda: DensifyStrategy(
             refine_start_iter=300, refine_stop_iter=4000, reset_every=1500, refine_every=100, max_gaussians=200_000
@@ -255,6 +262,9 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------------ loop
+    def total_steps(self) -> int:
+        return self.cfg.steps
+
     def _next_view(self) -> int:
         if not self.order:
             self.order = torch.randperm(len(self.viewmats), generator=self.rng).tolist()
@@ -311,11 +321,11 @@ class Trainer:
         if cfg.progress:
             from tqdm import tqdm  # noqa: PLC0415
 
-            bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True)
+            bar = tqdm(total=self.total_steps(), initial=self.step, desc="train", dynamic_ncols=True)
         t0 = time.perf_counter()
         ema_psnr = None
         try:
-            while self.step < cfg.steps:
+            while self.step < self.total_steps():
                 rec = self.train_step()
                 ema_psnr = rec["psnr"] if ema_psnr is None else 0.9 * ema_psnr + 0.1 * rec["psnr"]
                 if bar is not None:
@@ -326,7 +336,7 @@ class Trainer:
                     rec["elapsed_s"] = time.perf_counter() - t0
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps():
                     self.save_checkpoint()
         finally:
             if bar is not None:
@@ -335,15 +345,17 @@ class Trainer:
         elapsed = time.perf_counter() - t0
         print(f"trained {self.step} steps in {elapsed:.1f} s; {num_gaussians(self.params)} Gaussians; run in {self.out}")
         if cfg.eval_at_end:
-            from invrender.eval import evaluate_run  # noqa: PLC0415
+            from invrender.eval import evaluate_run, format_summary  # noqa: PLC0415
 
             metrics = evaluate_run(self.out, self.out / "metrics.json", backend=cfg.backend)
-            summary = {k: v for k, v in metrics.items() if k != "per_view"}
-            print(json.dumps(summary, indent=2))
-            print(f"renders in {self.out / 'renders' / 'test'}, metrics in {self.out / 'metrics.json'}")
+            print(format_summary(metrics))
+            print(f"renders in {self.out / 'renders' / 'test'}, metrics in {self.out / 'metrics.json'}, "
+                  f"figures in {metrics.get('figures')}")
 
 
 def train(cfg: TrainConfig) -> Trainer:
-    trainer = Trainer(cfg)
+    from invrender.distill.trainer import PRDTrainer  # noqa: PLC0415
+
+    trainer = PRDTrainer(cfg)
     trainer.train()
     return trainer

@@ -1,0 +1,198 @@
+"""Per-Gaussian materials and progress, and deferred PRD rendering of one view.
+
+Each Gaussian carries, besides its radiance SH, the physically based parameters of PRD (stored
+unactivated, sigmoid on use): ``albedo`` [N, 3] (linear base colour), ``roughness`` [N, 1]
+(perceptual), ``metallic`` [N, 1] and ``progress`` [N, 1] (the PRD blend weight). Its normal is the
+axis of its smallest scale, flipped towards the camera (PRD, after 3DGS-DR / GaussianShader).
+
+:func:`render_prd` rasterizes every channel in one compositing pass (radiance, albedo, roughness,
+metallic, normal, progress, visibility), divides the material channels by the pixel's alpha to
+get per-surface values, shades them per pixel with :func:`invrender.shading.shade.shade` and blends
+
+    final = progress * tonemap(pbr) + (1 - progress) * radiance          (PRD eq. 7)
+
+Two more maps come along for the losses: the normal implied by the rendered depth (for the
+depth-normal consistency term) and the alpha.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from invrender.shading.light import EnvironmentLight
+from invrender.shading.prefilter import SpecularMips
+from invrender.shading.shade import GBuffer, shade
+from invrender.splat.composite import composite
+from invrender.splat.project import Projected, project_gaussians, quat_to_rotmat
+from invrender.splat.sh import sh_colors
+
+MATERIAL_NAMES = ("albedo", "roughness", "metallic", "progress")
+
+# how the blend is decided, per training preset and stage (DESIGN.md, Data flow)
+BLEND_MODES = ("prd", "pbr", "radiance", "specular")
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def material_params(
+    n: int,
+    albedo: float = 0.99,
+    roughness: float = 0.99,
+    metallic: float = 1.0,
+    progress: float = 0.01,
+    device=None,
+) -> dict[str, nn.Parameter]:
+    """Fresh material parameters for ``n`` Gaussians (stored as logits). The defaults are PRD's
+    start of distillation: albedo and roughness near 1, metallic 1, progress 0.01."""
+    vals = {"albedo": (3, albedo), "roughness": (1, roughness), "metallic": (1, metallic), "progress": (1, progress)}
+    return {
+        k: nn.Parameter(torch.full((n, c), _logit(v), device=device)) for k, (c, v) in vals.items()
+    }
+
+
+def gaussian_normals(params: dict[str, Tensor], cam_center: Tensor) -> Tensor:
+    """Unit normal per Gaussian ``[N, 3]``: the rotation axis of its smallest scale, flipped to face
+    the camera at ``cam_center`` [3]. Differentiable through the quaternion (the choice of axis is not)."""
+    R = quat_to_rotmat(params["quats"])  # [N, 3, 3], columns are the local axes
+    idx = params["scales"].detach().argmin(dim=-1)  # [N]
+    n = R.gather(2, idx[:, None, None].expand(-1, 3, 1))[..., 0]  # [N, 3]
+    to_cam = cam_center - params["means"].detach()  # [N, 3]
+    sign = torch.where((n * to_cam).sum(-1, keepdim=True) < 0, -1.0, 1.0)
+    return n * sign
+
+
+def depth_to_normal(depth: Tensor, K: Tensor, viewmat: Tensor) -> Tensor:
+    """World-space normals ``[H, W, 3]`` from a z-depth map ``[H, W, 1]`` (central differences of
+    the back-projected points, facing the camera). Border pixels get a zero normal."""
+    H, W = depth.shape[:2]
+    ys, xs = torch.meshgrid(
+        torch.arange(H, device=depth.device, dtype=depth.dtype) + 0.5,
+        torch.arange(W, device=depth.device, dtype=depth.dtype) + 0.5,
+        indexing="ij",
+    )
+    x = (xs - K[0, 2]) / K[0, 0]
+    y = (ys - K[1, 2]) / K[1, 1]
+    pts = torch.stack([x, y, torch.ones_like(x)], -1) * depth  # [H, W, 3] camera space (OpenCV)
+    dx = pts[1:-1, 2:] - pts[1:-1, :-2]  # [H-2, W-2, 3]
+    dy = pts[2:, 1:-1] - pts[:-2, 1:-1]
+    n_cam = F.normalize(torch.cross(dy, dx, dim=-1), dim=-1)
+    # the camera looks along +z: a visible surface's normal has n.z < 0 in camera space
+    n_cam = torch.where(n_cam[..., 2:3] > 0, -n_cam, n_cam)
+    n_world = n_cam @ viewmat[:3, :3].to(n_cam.dtype)  # R^T n, row vectors
+    return F.pad(n_world.permute(2, 0, 1), (1, 1, 1, 1)).permute(1, 2, 0)
+
+
+@dataclass
+class PRDRender:
+    final: Tensor  # [H, W, 3] display space, background composited
+    radiance: Tensor  # [H, W, 3] display space, per surface (not premultiplied)
+    pbr: Tensor  # [H, W, 3] display space (tone-mapped physically based colour)
+    pbr_linear: Tensor  # [H, W, 3]
+    gbuffer: GBuffer  # per-surface albedo, roughness, metallic, normal, alpha, progress, visibility
+    depth: Tensor  # [H, W, 1] z-depth (0 where empty)
+    depth_normal: Tensor  # [H, W, 3] world normal from the depth map
+    alpha: Tensor  # [H, W, 1]
+    projected: Projected
+
+
+def render_prd(
+    params: dict[str, Tensor],
+    light: EnvironmentLight,
+    viewmat: Tensor,  # [4, 4]
+    K: Tensor,  # [3, 3]
+    width: int,
+    height: int,
+    sh_degree: int,
+    background: Tensor | None = None,  # [3]
+    *,
+    blend: str = "prd",
+    visibility: Tensor | None = None,  # [N, 1] baked ambient visibility
+    mips: SpecularMips | None = None,
+    tonemapping: str = "srgb",
+    albedo_scale: Tensor | None = None,  # [3] (evaluation: per-channel albedo alignment)
+    material_override: dict[str, float] | None = None,  # e.g. the grey baseline
+    backend: str = "auto",
+) -> PRDRender:
+    """Deferred PRD rendering of one view (see the module docstring).
+
+    ``blend``: ``prd`` (learned progress), ``pbr`` (progress 1), ``radiance`` (progress 0),
+    ``specular`` (stage 2 of PRD: metallic held at 1 and only the specular term, blended by progress)."""
+    if blend not in BLEND_MODES:
+        raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
+    per_gaussian = {"torch": "torch", "auto": "auto"}.get(backend, "native")
+    means = params["means"]
+    n = means.shape[0]
+    proj = project_gaussians(
+        means, params["quats"], torch.exp(params["scales"]), viewmat, K, width, height, backend=per_gaussian
+    )
+    cam_center = -viewmat[:3, :3].T @ viewmat[:3, 3]  # [3]
+    dirs = F.normalize(means.detach() - cam_center, dim=-1)  # [N, 3]
+    coeffs = torch.cat([params["sh0"], params["shN"]], dim=1)  # [N, K, 3]
+    radiance = sh_colors(sh_degree, coeffs, dirs, backend=per_gaussian)  # [N, 3] display space
+    normals = gaussian_normals(params, cam_center)  # [N, 3]
+    mats = {k: torch.sigmoid(params[k]) for k in MATERIAL_NAMES}
+    if material_override:
+        mats = dict(mats)
+        for k, v in material_override.items():
+            mats[k] = torch.full_like(mats[k], float(v))
+    vis = visibility if visibility is not None else torch.ones(n, 1, device=means.device)
+    feats = torch.cat(
+        [radiance, mats["albedo"], mats["roughness"], mats["metallic"], normals, mats["progress"], vis], dim=-1
+    )  # [N, 13]
+    if proj.means2d.requires_grad:
+        proj.means2d.retain_grad()
+    img, depth, alpha = composite(
+        proj.means2d, proj.conics, torch.sigmoid(params["opacities"]), feats, proj.depths, proj.radii,
+        width, height, backend=backend,
+    )
+    a = alpha.clamp(min=1e-4)
+    surf = img / a  # [H, W, 13] per-surface values
+    rad_px, albedo, rough, metal, nrm, prog, vis_px = surf.split([3, 3, 1, 1, 3, 1, 1], dim=-1)
+    albedo = albedo.clamp(0, 1)
+    if albedo_scale is not None:
+        albedo = (albedo * albedo_scale).clamp(0, 1)
+    rough, metal, prog, vis_px = rough.clamp(0, 1), metal.clamp(0, 1), prog.clamp(0, 1), vis_px.clamp(0, 1)
+    if blend == "specular":
+        metal = torch.ones_like(metal)
+    g = GBuffer(albedo=albedo, roughness=rough, metallic=metal, normal=nrm, alpha=alpha, radiance=rad_px,
+                progress=prog, visibility=vis_px)
+
+    # view directions through pixel centres, world space
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=means.device, dtype=means.dtype) + 0.5,
+        torch.arange(width, device=means.device, dtype=means.dtype) + 0.5,
+        indexing="ij",
+    )
+    d_cam = torch.stack([(xs - K[0, 2]) / K[0, 0], (ys - K[1, 2]) / K[1, 1], torch.ones_like(xs)], -1)
+    view_dirs = F.normalize(d_cam @ viewmat[:3, :3], dim=-1)  # [H, W, 3]
+
+    if blend == "radiance":
+        pbr_linear = torch.zeros_like(rad_px)
+        pbr = pbr_linear
+        blended = rad_px
+    else:
+        sh = shade(g, light, view_dirs, mips=mips, tonemapping=tonemapping)
+        if blend == "specular":
+            from invrender.shading.tonemap import tonemap  # noqa: PLC0415
+
+            pbr_linear = sh.specular
+            pbr = tonemap(pbr_linear, tonemapping)
+        else:
+            pbr_linear, pbr = sh.pbr_linear, sh.pbr
+        blended = pbr if blend == "pbr" else prog * pbr + (1.0 - prog) * rad_px
+    final = blended * alpha
+    if background is not None:
+        final = final + (1.0 - alpha) * background
+    z = torch.where(alpha > 1e-4, depth / a, torch.zeros_like(depth))
+    return PRDRender(
+        final=final, radiance=rad_px, pbr=pbr, pbr_linear=pbr_linear, gbuffer=g, depth=z,
+        depth_normal=depth_to_normal(z, K, viewmat), alpha=alpha, projected=proj,
+    )

@@ -1,0 +1,139 @@
+"""The PRD schedule (Ye, Hou, Zhou 2024, sec. 4): explicit stages and the switches between them.
+
+    stage 1  radiance    3DGS pre-training (the foundation's training; progress 0)
+    stage 2  specular    albedo/roughness/progress/light learned, metallic held at 1,
+                         final = progress * I_spec + (1 - progress) * I_raw
+    stage 3  diffuse     full PBR: loss L_rgb + lambda_progress * MSE(mask, progress)
+                         + lambda_light * L_light (white-light prior)
+    stage 4  joint       everything together, progress' learning rate lowered
+
+Presets (``invrender train --preset``) keep this schedule and change only the blend:
+``prd`` learns the progress map, ``pbr`` holds it at 1 (the physically based baseline) and
+``radiance`` at 0 (pure radiance field, trained for the same number of steps).
+
+The schedule is a small dataclass over step counts; :meth:`PRDSchedule.stage_at` and
+:meth:`PRDSchedule.switch_at` are pure functions of the step and are unit-tested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from invrender.distill.visibility import AOConfig
+
+STAGES = ("radiance", "specular", "diffuse", "joint")
+PRESETS = ("prd", "pbr", "radiance")
+
+
+@dataclass
+class DistillConfig:
+    """Stages 2-4 of PRD: lengths, initial values, loss weights and learning rates."""
+
+    specular_steps: int = 800
+    """Stage 2 length (specular distillation; metallic held at 1)."""
+    diffuse_steps: int = 2400
+    """Stage 3 length (full PBR with the progress and white-light terms)."""
+    joint_steps: int = 800
+    """Stage 4 length (joint refinement, progress learning rate lowered)."""
+    light_resolution: int = 128
+    """Face size of the learnable environment cube map (PRD: 128)."""
+    light_init: float = 0.5
+    """Initial uniform radiance of the environment."""
+    albedo_init: float = 0.99
+    """Albedo of every Gaussian when stage 2 starts (PRD sets albedo and roughness to 0.99)."""
+    roughness_init: float = 0.99
+    """Roughness of every Gaussian when stage 2 starts."""
+    metallic_init: float = 0.25
+    """Metallic every Gaussian starts stage 3 from (it is held at 1 during stage 2)."""
+    progress_init: float = 0.01
+    """Initial progress (PRD: 0.01, so the radiance colour dominates at first)."""
+    tonemapping: Literal["srgb", "aces"] = "srgb"
+    """Tone mapping of the physically based colour before the blend."""
+    lambda_progress: float = 0.08
+    """Weight of MSE(object mask, progress map) in stages 3-4: pulls the progress up on the object,
+    while the colour loss holds it down where physics cannot explain the pixels."""
+    lambda_progress_specular: float = 0.0
+    """The same term in stage 2 (PRD lets the colour loss alone decide there)."""
+    lambda_pbr: float = 0.0
+    """Weight of the colour loss on the physically based image alone (stages 3-4; not in PRD):
+    gives the materials a signal of their own where the progress is still low."""
+    lambda_light: float = 0.003
+    """Weight of the white-light prior mean |l - mean_rgb(l)| over the cube map's texels (stages 3-4)."""
+    lambda_depth_normal: float = 0.05
+    """Weight of the depth-normal consistency loss 1 - <n_rendered, n_from_depth> (stages 2-4)."""
+    lr_albedo: float = 2e-2
+    """Adam LR of the albedo logits."""
+    lr_roughness: float = 2e-2
+    """Adam LR of the roughness logits."""
+    lr_metallic: float = 2e-2
+    """Adam LR of the metallic logits."""
+    lr_progress: float = 2e-2
+    """Adam LR of the progress logits in stages 2-3."""
+    lr_progress_joint: float = 2e-3
+    """Adam LR of the progress logits in stage 4 (PRD lowers it)."""
+    lr_light: float = 1e-2
+    """Adam LR of the environment's log radiance."""
+    geometry_lr_scale: float = 0.5
+    """Geometry and radiance SH keep learning in stages 2-4 at this fraction of their stage-1 rates."""
+    bake_visibility: bool = True
+    """Bake ambient occlusion for the diffuse term (off: visibility 1 everywhere)."""
+    ao: AOConfig = field(default_factory=AOConfig)
+    """Baked ambient occlusion (visibility of the diffuse term): at stage 2 and again at stage 3."""
+
+    @property
+    def steps(self) -> int:
+        return self.specular_steps + self.diffuse_steps + self.joint_steps
+
+
+@dataclass(frozen=True)
+class PRDSchedule:
+    """Stage boundaries as step counts (steps are 1-based, as the trainer counts them)."""
+
+    radiance_steps: int
+    specular_steps: int
+    diffuse_steps: int
+    joint_steps: int
+
+    @classmethod
+    def from_config(cls, radiance_steps: int, cfg: DistillConfig) -> PRDSchedule:
+        return cls(radiance_steps, cfg.specular_steps, cfg.diffuse_steps, cfg.joint_steps)
+
+    @property
+    def total(self) -> int:
+        return self.radiance_steps + self.specular_steps + self.diffuse_steps + self.joint_steps
+
+    def stage_at(self, step: int) -> str:
+        """The stage that step ``step`` (1-based) trains in."""
+        if step < 1:
+            raise ValueError(f"steps count from 1, got {step}")
+        bound = 0
+        for name, length in zip(STAGES, (self.radiance_steps, self.specular_steps, self.diffuse_steps, self.joint_steps)):
+            bound += length
+            if step <= bound:
+                return name
+        return STAGES[-1]
+
+    def switch_at(self, step: int) -> str | None:
+        """The stage that starts at ``step`` when it differs from the previous step's (else None).
+        Step 1 starts the first stage of non-zero length."""
+        if step == 1:
+            return self.stage_at(1)
+        prev, cur = self.stage_at(step - 1), self.stage_at(step)
+        return cur if cur != prev else None
+
+
+def blend_for(preset: str, stage: str) -> str:
+    """The render blend (:data:`invrender.distill.model.BLEND_MODES`) of a preset in a stage."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+    if stage == "radiance" or preset == "radiance":
+        return "radiance"
+    if stage == "specular":
+        return "specular"
+    return "prd" if preset == "prd" else "pbr"
+
+
+def progress_override(preset: str) -> float | None:
+    """The fixed progress of a preset (None: learned)."""
+    return {"prd": None, "pbr": 1.0, "radiance": 0.0}[preset]

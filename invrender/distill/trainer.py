@@ -1,0 +1,269 @@
+"""The PRD trainer: stage 1 is the foundation's radiance training (:class:`invrender.train.Trainer`);
+stages 2-4 (:mod:`invrender.distill.schedule`) add per-Gaussian materials and progress, a learnable
+environment light and baked ambient occlusion, and train through deferred shading
+(:func:`invrender.distill.model.render_prd`).
+
+Everything a stage switch creates (materials, light, its optimizer, the visibility) lives in the
+checkpoint, so ``--resume`` stays bit-for-bit across stages. Densification stops with stage 1:
+the Gaussians' count and order are fixed from then on, which keeps the baked visibility valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from invrender.distill.model import MATERIAL_NAMES, material_params, render_prd
+from invrender.distill.schedule import PRDSchedule, blend_for, progress_override
+from invrender.metrics import psnr, ssim
+from invrender.shading.light import EnvironmentLight
+from invrender.splat.gaussians import PARAM_NAMES, num_gaussians
+from invrender.train import NonFiniteError, Trainer
+
+
+def white_light_prior(light: EnvironmentLight) -> Tensor:
+    """Mean over texels of |l - mean_rgb(l)| (PRD's L_light): a colourless environment is preferred,
+    so colour goes to the albedo. The mean (not PRD's sum) keeps the weight independent of the
+    cube's resolution."""
+    cube = light.cube()  # [6, R, R, 3]
+    return (cube - cube.mean(dim=-1, keepdim=True)).abs().mean()
+
+
+def depth_normal_loss(normal: Tensor, depth_normal: Tensor, mask: Tensor) -> Tensor:
+    """1 - cos between the rendered normal ``[H, W, 3]`` and the one from the depth map, averaged
+    over ``mask`` [H, W] (bool) pixels; both sides get gradients (2DGS, Huang et al. 2024, eq. 14)."""
+    if not bool(mask.any()):
+        return normal.sum() * 0.0
+    cos = (F.normalize(normal, dim=-1) * depth_normal).sum(-1)  # [H, W]
+    return (1.0 - cos)[mask].mean()
+
+
+class PRDTrainer(Trainer):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.schedule = PRDSchedule.from_config(cfg.steps, cfg.distill)
+        self.light: EnvironmentLight | None = None
+        self.light_opt: torch.optim.Optimizer | None = None
+        self.visibility: Tensor | None = None  # [N, 1]
+        self._mips = None
+        self.last_bake_s: float | None = None
+
+    def _say(self, msg: str) -> None:
+        if self.cfg.progress:
+            from tqdm import tqdm  # noqa: PLC0415
+
+            tqdm.write(msg)
+        else:
+            print(msg, flush=True)
+
+    # ------------------------------------------------------------------ state
+    def total_steps(self) -> int:
+        return self.schedule.total
+
+    def stage(self) -> str:
+        return self.schedule.stage_at(max(self.step, 1))
+
+    def blend(self) -> str:
+        return blend_for(self.cfg.preset, self.stage())
+
+    @property
+    def mips(self):
+        if self._mips is None:
+            from invrender.shading.prefilter import SpecularMips  # noqa: PLC0415
+
+            self._mips = SpecularMips(self.cfg.distill.light_resolution)
+        return self._mips
+
+    def meta(self) -> dict:
+        m = super().meta()
+        d = self.cfg.distill
+        m.update(preset=self.cfg.preset, tonemapping=d.tonemapping, light_resolution=d.light_resolution)
+        if self.schedule is not None and self.step >= 1:
+            m["stage"] = self.stage()
+            m["blend"] = self.blend()
+        return m
+
+    def _material_rates(self, stage: str) -> dict[str, float]:
+        d = self.cfg.distill
+        return {
+            "albedo": d.lr_albedo,
+            "roughness": d.lr_roughness,
+            "metallic": d.lr_metallic,
+            "progress": d.lr_progress_joint if stage == "joint" else d.lr_progress,
+        }
+
+    def _make_optimizers(self) -> None:
+        super()._make_optimizers()
+        if "albedo" in self.params:  # resuming inside stages 2-4
+            rates = self._material_rates(self.stage())
+            for k in MATERIAL_NAMES:
+                self.optimizers[k] = torch.optim.Adam([self.params[k]], lr=rates[k], eps=1e-15, fused=True)
+
+    def state_dict(self) -> dict:
+        sd = super().state_dict()
+        if self.light is not None:
+            sd["light"] = {k: v.detach().cpu() for k, v in self.light.state_dict().items()}
+            sd["light_opt"] = self.light_opt.state_dict()
+        if self.visibility is not None:
+            sd["visibility"] = self.visibility.cpu()
+        return sd
+
+    def load_state_dict(self, sd: dict) -> None:
+        super().load_state_dict(sd)
+        if "light" in sd:
+            self._make_light()
+            self.light.load_state_dict(sd["light"])
+            self.light_opt.load_state_dict(sd["light_opt"])
+        self.visibility = sd["visibility"].to(self.device) if "visibility" in sd else None
+
+    def save_checkpoint(self):
+        path = super().save_checkpoint()
+        if self.light is not None and self.step == self.total_steps():
+            self.export_light(self.out / "light.hdr")
+        return path
+
+    @torch.no_grad()
+    def export_light(self, path) -> None:
+        """The learned environment as an equirectangular .hdr (DESIGN.md convention, 512 x 256)."""
+        from invrender.shading.envmap import write_hdr  # noqa: PLC0415
+
+        write_hdr(path, self.light.to_equirect(256).cpu().numpy())
+
+    def _make_light(self) -> None:
+        d = self.cfg.distill
+        self.light = EnvironmentLight(d.light_resolution, d.light_init).to(self.device)
+        self.light_opt = torch.optim.Adam(self.light.parameters(), lr=d.lr_light, eps=1e-15)
+
+    # ------------------------------------------------------------------ stage switches
+    def enter_stage(self, stage: str) -> None:
+        d = self.cfg.distill
+        if stage == "specular":
+            n = num_gaussians(self.params)
+            mats = material_params(n, d.albedo_init, d.roughness_init, d.metallic_init, d.progress_init, self.device)
+            for k, p in mats.items():
+                self.params[k] = p
+            self._make_light()
+            rates = self._material_rates(stage)
+            for k in MATERIAL_NAMES:
+                self.optimizers[k] = torch.optim.Adam([self.params[k]], lr=rates[k], eps=1e-15, fused=True)
+            for k in PARAM_NAMES:
+                for group in self.optimizers[k].param_groups:
+                    group["lr"] *= d.geometry_lr_scale
+            self.bake_visibility()
+        elif stage == "diffuse":
+            with torch.no_grad():
+                p = min(max(d.metallic_init, 1e-4), 1 - 1e-4)
+                self.params["metallic"].fill_(math.log(p / (1 - p)))
+            self.optimizers["metallic"].state.clear()  # fresh moments for the released parameter
+            self.bake_visibility()
+        elif stage == "joint":
+            for group in self.optimizers["progress"].param_groups:
+                group["lr"] = d.lr_progress_joint
+
+    @torch.no_grad()
+    def bake_visibility(self) -> None:
+        """Ambient occlusion per Gaussian from the current geometry (:mod:`invrender.distill.visibility`)."""
+        from invrender.distill.visibility import bake_ambient_occlusion  # noqa: PLC0415
+
+        ao_cfg = self.cfg.distill.ao
+        n = num_gaussians(self.params)
+        if not self.cfg.distill.bake_visibility or self.cfg.preset == "radiance":
+            self.visibility = torch.ones(n, 1, device=self.device)
+            self.last_bake_s = None
+            return
+        t0 = time.perf_counter()
+        # outward normals from the density field: right after stage 1 the Gaussians are not flat
+        # yet and their shortest axes point anywhere (AO along them was ~0.4 on lit surfaces)
+        p = self.params
+        ao = bake_ambient_occlusion(
+            p["means"], torch.exp(p["scales"]), p["quats"], torch.sigmoid(p["opacities"]), None,
+            **dataclasses.asdict(ao_cfg),
+        )
+        self.visibility = ao[:, None].to(self.device)
+        self.last_bake_s = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ step
+    def train_step(self) -> dict:
+        nxt = self.step + 1
+        switch = self.schedule.switch_at(nxt)
+        if switch is not None and switch != "radiance":
+            t0 = time.perf_counter()
+            self.enter_stage(switch)
+            self._say(f"step {nxt}: stage '{switch}' begins ({time.perf_counter() - t0:.1f} s to set up"
+                      + (f", visibility baked in {self.last_bake_s:.1f} s" if switch in ("specular", "diffuse") and
+                         self.last_bake_s is not None else "") + ")")
+        stage = self.schedule.stage_at(nxt)
+        if stage == "radiance":
+            rec = super().train_step()
+            rec["stage"] = stage
+            return rec
+        return self._distill_step(stage)
+
+    def _distill_step(self, stage: str) -> dict:
+        cfg, d = self.cfg, self.cfg.distill
+        self.step += 1
+        step = self.step
+        i = self._next_view()
+        bg = self._background()
+        sh_degree = min(step // cfg.sh_degree_interval, cfg.sh_degree)
+        blend = blend_for(cfg.preset, stage)
+        fixed = progress_override(cfg.preset)
+        out = render_prd(
+            self.params, self.light, self.viewmats[i], self.Ks[i], self.width, self.height, sh_degree, bg,
+            blend=blend, visibility=self.visibility, mips=self.mips if blend != "radiance" else None,
+            tonemapping=d.tonemapping, material_override=None if fixed is None else {"progress": fixed},
+            backend=cfg.backend,
+        )
+        gt_a = self.gt_alpha[i]  # [H, W, 1]
+        gt = self.gt_rgb[i] * gt_a + bg * (1.0 - gt_a)
+        l1 = (out.final - gt).abs().mean()
+        loss_rgb = (1.0 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1.0 - ssim(out.final, gt))
+        mask = (gt_a[..., 0] > 0.5) & (out.alpha.detach()[..., 0] > 0.5)
+        loss_dn = depth_normal_loss(out.gbuffer.normal, out.depth_normal, mask)
+        loss = loss_rgb + d.lambda_depth_normal * loss_dn
+        terms = {"rgb": float(loss_rgb.detach()), "dn": float(loss_dn.detach())}
+        if blend != "radiance":
+            lam_p = d.lambda_progress_specular if stage == "specular" else d.lambda_progress
+            if fixed is None and lam_p > 0:
+                progress_map = out.gbuffer.progress * out.alpha  # [H, W, 1]
+                loss_p = ((progress_map - gt_a) ** 2).mean()
+                loss = loss + lam_p * loss_p
+                terms["progress"] = float(loss_p.detach())
+            if stage != "specular" and d.lambda_pbr > 0 and blend == "prd":
+                pbr_img = out.pbr * out.alpha + (1.0 - out.alpha) * bg
+                loss_pbr = (1.0 - cfg.ssim_lambda) * (pbr_img - gt).abs().mean() + cfg.ssim_lambda * (1.0 - ssim(pbr_img, gt))
+                loss = loss + d.lambda_pbr * loss_pbr
+                terms["pbr"] = float(loss_pbr.detach())
+            if stage != "specular" and d.lambda_light > 0:
+                loss_l = white_light_prior(self.light)
+                loss = loss + d.lambda_light * loss_l
+                terms["light"] = float(loss_l.detach())
+        if not torch.isfinite(loss):
+            raise NonFiniteError(
+                f"step {step} ({stage}): loss is {loss.item()} (view {i}, terms {terms}); last checkpoint in {self.out}"
+            )
+        loss.backward()
+        for opt in self.optimizers.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        self.light_opt.step()
+        self.light_opt.zero_grad(set_to_none=True)
+        for s in self.schedulers.values():
+            s.step()
+        if step % cfg.log_every == 0:
+            self.check_finite()
+        rec = {"step": step, "stage": stage, "loss": float(loss.detach()), "psnr": psnr(out.final.detach(), gt),
+               "n": num_gaussians(self.params), **terms}
+        if fixed is None and blend != "radiance":
+            rec["progress_mean"] = float(torch.sigmoid(self.params["progress"].detach()).mean())
+        return rec
+
+    def check_finite(self) -> None:
+        super().check_finite()
+        if self.light is not None and not torch.isfinite(self.light.log_radiance).all():
+            raise NonFiniteError(f"step {self.step}: the environment light has non-finite texels")

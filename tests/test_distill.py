@@ -1,0 +1,211 @@
+"""The PRD schedule and trainer: stage boundaries and switches, what each switch does, the
+deferred renderer's consistency with the radiance renderer, bit-for-bit resume across stages and
+non-finite detection in the distillation stages."""
+
+import math
+
+import pytest
+import torch
+
+from invrender.distill.model import depth_to_normal, gaussian_normals, material_params, render_prd
+from invrender.distill.schedule import DistillConfig, PRDSchedule, blend_for, progress_override
+from invrender.distill.trainer import PRDTrainer, white_light_prior
+from invrender.distill.visibility import AOConfig
+from invrender.shading.light import EnvironmentLight
+from invrender.splat.gaussians import render_view
+from invrender.splat.strategy import DensifyStrategy
+from invrender.train import NonFiniteError, TrainConfig
+
+# ---------------------------------------------------------------- schedule (pure functions)
+
+
+def test_stage_boundaries():
+    s = PRDSchedule(10, 5, 7, 3)
+    assert s.total == 25
+    assert [s.stage_at(k) for k in (1, 10, 11, 15, 16, 22, 23, 25)] == [
+        "radiance", "radiance", "specular", "specular", "diffuse", "diffuse", "joint", "joint"]
+    switches = {k: s.switch_at(k) for k in range(1, 26) if s.switch_at(k)}
+    assert switches == {1: "radiance", 11: "specular", 16: "diffuse", 23: "joint"}
+    with pytest.raises(ValueError):
+        s.stage_at(0)
+
+
+def test_zero_length_stages_are_skipped():
+    s = PRDSchedule(4, 0, 3, 0)
+    assert [s.stage_at(k) for k in range(1, 8)] == ["radiance"] * 4 + ["diffuse"] * 3
+    assert s.switch_at(5) == "diffuse"
+    assert PRDSchedule(0, 2, 0, 0).switch_at(1) == "specular"
+
+
+def test_blend_per_preset_and_stage():
+    assert [blend_for("prd", st) for st in ("radiance", "specular", "diffuse", "joint")] == [
+        "radiance", "specular", "prd", "prd"]
+    assert [blend_for("pbr", st) for st in ("radiance", "specular", "diffuse", "joint")] == [
+        "radiance", "specular", "pbr", "pbr"]
+    assert {blend_for("radiance", st) for st in ("radiance", "specular", "diffuse", "joint")} == {"radiance"}
+    assert (progress_override("prd"), progress_override("pbr"), progress_override("radiance")) == (None, 1.0, 0.0)
+    with pytest.raises(ValueError, match="preset"):
+        blend_for("nope", "diffuse")
+
+
+def test_white_light_prior_is_zero_for_grey_light():
+    light = EnvironmentLight(4, 0.7)
+    assert white_light_prior(light).item() == pytest.approx(0.0, abs=1e-7)
+    with torch.no_grad():
+        light.log_radiance[..., 0] += 1.0  # a red cast
+    assert white_light_prior(light).item() > 0.1
+
+
+# ---------------------------------------------------------------- model
+
+
+def _cam(dist=3.0):
+    viewmat = torch.eye(4)
+    viewmat[2, 3] = dist  # camera at z = -dist looking along +z
+    K = torch.tensor([[40.0, 0, 16], [0, 40.0, 16], [0, 0, 1]])
+    return viewmat, K
+
+
+def _flat_patch(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xy = (torch.rand(n, 2, generator=g) - 0.5) * 1.2
+    means = torch.cat([xy, torch.zeros(n, 1)], -1)
+    params = {
+        "means": means, "scales": torch.log(torch.tensor([[0.12, 0.12, 0.005]])).repeat(n, 1),
+        "quats": torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1), "opacities": torch.full((n,), 2.0),
+        "sh0": torch.randn(n, 1, 3, generator=g) * 0.3, "shN": torch.zeros(n, 15, 3),
+    }
+    params.update({k: v.data for k, v in material_params(n).items()})
+    return params
+
+
+def test_gaussian_normal_is_shortest_axis_facing_camera():
+    p = _flat_patch(8)
+    n = gaussian_normals(p, torch.tensor([0.0, 0.0, -3.0]))
+    assert torch.allclose(n, torch.tensor([0.0, 0.0, -1.0]).expand(8, 3))
+    n = gaussian_normals(p, torch.tensor([0.0, 0.0, 3.0]))
+    assert torch.allclose(n, torch.tensor([0.0, 0.0, 1.0]).expand(8, 3))
+
+
+def test_depth_normal_of_a_tilted_plane():
+    viewmat, K = _cam()
+    H = W = 32
+    # plane z_cam = 3 + 0.5 x_cam: depth along each pixel ray solves z = 3 + 0.5 z x_n
+    xs = (torch.arange(W) + 0.5 - K[0, 2]) / K[0, 0]
+    depth = (3.0 / (1.0 - 0.5 * xs))[None, :, None].expand(H, W, 1)
+    n = depth_to_normal(depth, K, viewmat)[1:-1, 1:-1]
+    expect = torch.nn.functional.normalize(torch.tensor([0.5, 0.0, -1.0]), dim=0)  # faces the camera
+    assert torch.allclose(n, expect.expand_as(n), atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_radiance_blend_matches_radiance_renderer(backend):
+    p = _flat_patch()
+    viewmat, K = _cam()
+    ref = render_view(p, viewmat, K, 32, 32, 0, torch.ones(3), backend)
+    out = render_prd(p, EnvironmentLight(8), viewmat, K, 32, 32, 0, torch.ones(3), blend="radiance", backend=backend)
+    assert torch.allclose(out.final, ref.rgb, atol=2e-5)
+    # the rendered normal of a flat patch facing the camera is the patch's normal
+    inside = out.alpha[..., 0] > 0.9
+    assert inside.sum() > 50
+    nrm = torch.nn.functional.normalize(out.gbuffer.normal[inside], dim=-1)
+    assert (nrm[:, 2] < -0.999).all()
+
+
+def test_progress_blends_pbr_and_radiance():
+    p = _flat_patch()
+    viewmat, K = _cam()
+    light = EnvironmentLight(8, 0.8)
+    kw = dict(backend="torch")
+    pbr = render_prd(p, light, viewmat, K, 32, 32, 0, None, blend="pbr", **kw)
+    rad = render_prd(p, light, viewmat, K, 32, 32, 0, None, blend="radiance", **kw)
+    half = render_prd(p, light, viewmat, K, 32, 32, 0, None, blend="prd", material_override={"progress": 0.5}, **kw)
+    assert torch.allclose(half.final, 0.5 * pbr.final + 0.5 * rad.final, atol=1e-5)
+    assert not torch.allclose(pbr.final, rad.final, atol=1e-2)
+    # stage-2 blend: metallic is held at 1 and only the specular term counts
+    spec = render_prd(p, light, viewmat, K, 32, 32, 0, None, blend="specular", material_override={"progress": 1.0}, **kw)
+    assert torch.all(spec.gbuffer.metallic == 1.0)
+    p2 = dict(p, metallic=torch.full_like(p["metallic"], 10.0))
+    metal = render_prd(p2, light, viewmat, K, 32, 32, 0, None, blend="pbr", **kw)
+    assert torch.allclose(spec.final, metal.final, atol=1e-3)  # metallic ~1: no diffuse term either way
+
+
+# ---------------------------------------------------------------- trainer
+
+
+def _cfg(data, out, **kw):
+    strategy = DensifyStrategy(refine_start_iter=3, refine_stop_iter=8, refine_every=4, reset_every=100)
+    distill = DistillConfig(specular_steps=4, diffuse_steps=4, joint_steps=4, light_resolution=16,
+                            ao=AOConfig(grid_resolution=16, num_directions=4))
+    kw.setdefault("steps", 10)
+    return TrainConfig(
+        data=data, out=out, init_num_points=1500, downscale=4, strategy=strategy, distill=distill,
+        checkpoint_every=5, sh_degree_interval=5, progress=False, eval_at_end=False, **kw,
+    )
+
+
+def test_stage_switches_do_what_prd_says(embedded_scene, tmp_path):
+    t = PRDTrainer(_cfg(embedded_scene, tmp_path / "r"))
+    for _ in range(10):
+        t.train_step()
+    assert "albedo" not in t.params and t.light is None
+    n = t.params["means"].shape[0]
+    t.train_step()  # step 11: specular distillation starts
+    d = t.cfg.distill
+    assert t.visibility is not None and t.visibility.shape == (n, 1)
+    assert 0 <= float(t.visibility.min()) and float(t.visibility.max()) <= 1
+    assert t.optimizers["means"].param_groups[0]["lr"] < t.cfg.lr.means * t.extent * d.geometry_lr_scale * 1.0001
+    albedo = torch.sigmoid(t.params["albedo"])
+    assert torch.allclose(albedo, torch.full_like(albedo, 0.99), atol=0.02)  # one Adam step away from 0.99
+    for _ in range(3):
+        t.train_step()
+    assert t.params["means"].shape[0] == n  # no densification after stage 1: visibility stays aligned
+    t.train_step()  # step 15: diffuse; metallic released from its stage-2 value
+    m = torch.sigmoid(t.params["metallic"])
+    assert torch.allclose(m, torch.full_like(m, d.metallic_init), atol=0.02)
+    for _ in range(3):
+        t.train_step()
+    assert t.optimizers["progress"].param_groups[0]["lr"] == d.lr_progress
+    rec = t.train_step()  # step 19: joint
+    assert rec["stage"] == "joint" and t.optimizers["progress"].param_groups[0]["lr"] == d.lr_progress_joint
+    assert math.isfinite(rec["loss"]) and "light" in rec and "progress" in rec
+
+
+def test_pbr_preset_holds_progress_at_one(embedded_scene, tmp_path):
+    t = PRDTrainer(_cfg(embedded_scene, tmp_path / "r", preset="pbr"))
+    for _ in range(16):
+        rec = t.train_step()
+    assert rec["stage"] == "diffuse" and "progress" not in rec and t.blend() == "pbr"
+
+
+def test_resume_across_stages_is_bit_for_bit(embedded_scene, tmp_path):
+    straight = PRDTrainer(_cfg(embedded_scene, tmp_path / "a", background="random"))
+    straight.train()
+    assert straight.step == 22
+
+    half = PRDTrainer(_cfg(embedded_scene, tmp_path / "b", background="random"))
+    for _ in range(17):  # into the diffuse stage
+        half.train_step()
+    half.save_checkpoint()
+    del half
+    torch.manual_seed(4321)
+    resumed = PRDTrainer(_cfg(embedded_scene, tmp_path / "b", background="random", resume=True))
+    resumed.train()
+    assert resumed.step == 22
+    for k in straight.params:
+        assert torch.equal(straight.params[k], resumed.params[k]), k
+    assert torch.equal(straight.light.log_radiance, resumed.light.log_radiance)
+    assert torch.equal(straight.visibility, resumed.visibility)
+    sa = straight.optimizers["progress"].state[straight.params["progress"]]["exp_avg"]
+    sb = resumed.optimizers["progress"].state[resumed.params["progress"]]["exp_avg"]
+    assert torch.equal(sa, sb)
+
+
+def test_non_finite_light_is_reported_with_step(embedded_scene, tmp_path):
+    t = PRDTrainer(_cfg(embedded_scene, tmp_path / "r", steps=2))
+    for _ in range(3):
+        t.train_step()
+    with torch.no_grad():
+        t.light.log_radiance[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"step 4"):
+        t.train_step()
