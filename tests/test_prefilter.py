@@ -1,5 +1,6 @@
 """Prefiltered specular mips: normalization, blur, the shape of a linear map's prefilter, roughness interpolation."""
 
+import pytest
 import torch
 
 from invrender.shading.light import cube_directions
@@ -69,3 +70,31 @@ def test_custom_backward_matches_dense_autograd():
     dense = M.to_dense().double()
     (gref,) = torch.autograd.grad(dense @ x, x, up)
     torch.testing.assert_close(gx, gref)  # float64 sums of the same terms, different order
+
+
+def test_matrices_are_cached_on_disk(tmp_path, monkeypatch):
+    from invrender.shading import prefilter
+
+    monkeypatch.setenv("INVRENDER_CACHE", str(tmp_path))
+    prefilter.prefilter_matrix.cache_clear()
+    try:
+        first = prefilter.prefilter_matrix(8, 0.5)
+        path = prefilter._matrix_cache_path(8, 0.5, 1e-2)
+        assert path.is_file()
+        # a second build (new process: no in-memory cache) loads from disk without recomputing
+        prefilter.prefilter_matrix.cache_clear()
+        with monkeypatch.context() as m:
+            m.setattr(prefilter, "compute_prefilter_matrix", lambda *a, **k: pytest.fail("rebuilt despite the cache"))
+            second = prefilter.prefilter_matrix(8, 0.5)
+        assert torch.equal(first.indices(), second.indices()) and torch.equal(first.values(), second.values())
+        # a corrupt file is rebuilt (and rewritten), not fatal
+        for junk in (b"not a torch file", path.read_bytes()[:100]):
+            path.write_bytes(junk)
+            prefilter.prefilter_matrix.cache_clear()
+            third = prefilter.prefilter_matrix(8, 0.5)
+            assert torch.equal(first.indices(), third.indices()) and torch.equal(first.values(), third.values())
+        prefilter.prefilter_matrix.cache_clear()
+        assert prefilter._load_matrix(path, 6 * 8 * 8) is not None
+        assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temporaries behind
+    finally:
+        prefilter.prefilter_matrix.cache_clear()  # later tests rebuild in memory from the real cache

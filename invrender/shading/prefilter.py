@@ -12,15 +12,17 @@ resolution) and depends only on geometry, so it is a fixed sparse matrix, built 
 below ``cutoff`` of its peak, and applied as a sparse product every step: the learnable cube
 map gets exact gradients through it.
 
-Cost (2 CPU cores, 128² base, default levels): building the four matrices takes ~4 s once per
-process; applying them (CSR products, the transpose for the backward) plus 128² lookups is
+Cost (2 CPU cores, 128² base, default levels): building the four matrices takes ~4-14 s, once
+per machine (they are cached on disk, ~16 MB, and load in well under a second); applying them (CSR products, the transpose for the backward) plus 128² lookups is
 ~37 ms forward + backward (it was ~170 ms with torch's COO product and its autograd).
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -28,16 +30,16 @@ from torch import Tensor
 
 from invrender.shading.brdf import ggx_alpha, ggx_ndf
 from invrender.shading.light import cube_directions, cube_texel_solid_angles, sample_cube
+from invrender.shading.splitsum import cache_dir
 
 DEFAULT_ROUGHNESS = (0.0, 0.2, 0.4, 0.6, 1.0)  # level 0 is the base map itself (a mirror)
 
 
-@functools.lru_cache(maxsize=16)
-def prefilter_matrix(resolution: int, roughness: float, cutoff: float = 1e-2, chunk: int = 1024) -> Tensor:
-    """Sparse (COO) matrix ``[6 R^2, 6 R^2]`` mapping a cube ``[6 R^2, C]`` to its GGX prefilter.
+PREFILTER_VERSION = 1  # bump when the prefilter's definition changes, so stale disk caches are not reused
 
-    Rows are normalized (a constant map stays constant). ``cutoff`` (relative to the row's peak)
-    drops GGX's long tail, whose texels would otherwise fill most of the matrix."""
+
+def compute_prefilter_matrix(resolution: int, roughness: float, cutoff: float = 1e-2, chunk: int = 1024) -> Tensor:
+    """Build the matrix of :func:`prefilter_matrix` (seconds at 32² a face; no caching)."""
     d = cube_directions(resolution, dtype=torch.float64).reshape(-1, 3)  # [M, 3]
     dw = cube_texel_solid_angles(resolution)[None].expand(6, -1, -1).reshape(-1)  # [M]
     alpha = ggx_alpha(torch.tensor(float(roughness), dtype=torch.float64))
@@ -57,6 +59,54 @@ def prefilter_matrix(resolution: int, roughness: float, cutoff: float = 1e-2, ch
     m = d.shape[0]
     idx = torch.stack([torch.cat(rows), torch.cat(cols)])
     return torch.sparse_coo_tensor(idx, torch.cat(vals).float(), (m, m), check_invariants=True).coalesce()
+
+
+def _matrix_cache_path(resolution: int, roughness: float, cutoff: float) -> Path:
+    return cache_dir() / f"prefilter_v{PREFILTER_VERSION}_{resolution}_{float(roughness)!r}_{float(cutoff)!r}.pt"
+
+
+def _load_matrix(path: Path, m: int) -> Tensor | None:
+    """The matrix stored at ``path``, or None when it is missing, truncated or not what we wrote."""
+    if not path.is_file():
+        return None
+    try:
+        z = torch.load(path, map_location="cpu", weights_only=True)
+        rows, cols, vals = z["rows"].long(), z["cols"].long(), z["vals"]
+        if not (rows.shape == cols.shape == vals.shape and vals.dtype == torch.float32 and rows.ndim == 1):
+            return None
+        if rows.numel() and (int(rows.min()) < 0 or int(cols.min()) < 0 or int(rows.max()) >= m or int(cols.max()) >= m):
+            return None
+        M = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (m, m), check_invariants=True).coalesce()
+        return M if M._nnz() == vals.numel() else None
+    except Exception:  # a truncated or foreign file: rebuilt by the caller
+        return None
+
+
+@functools.lru_cache(maxsize=16)
+def prefilter_matrix(resolution: int, roughness: float, cutoff: float = 1e-2, chunk: int = 1024) -> Tensor:
+    """Sparse (COO) matrix ``[6 R^2, 6 R^2]`` mapping a cube ``[6 R^2, C]`` to its GGX prefilter.
+
+    Rows are normalized (a constant map stays constant). ``cutoff`` (relative to the row's peak)
+    drops GGX's long tail, whose texels would otherwise fill most of the matrix. Built once and
+    kept on disk next to the split-sum LUT (``$INVRENDER_CACHE``, default ``~/.cache/invrender``),
+    keyed by :data:`PREFILTER_VERSION`, resolution, roughness and cutoff (written atomically; a
+    corrupt file is rebuilt)."""
+    from invrender.checkpoint import atomic_write_bytes  # noqa: PLC0415
+
+    m = 6 * resolution * resolution
+    path = _matrix_cache_path(resolution, roughness, cutoff)
+    M = _load_matrix(path, m)
+    if M is not None:
+        return M
+    M = compute_prefilter_matrix(resolution, roughness, cutoff, chunk)
+    rows, cols = M.indices()
+    buf = io.BytesIO()
+    torch.save({"rows": rows.int(), "cols": cols.int(), "vals": M.values()}, buf)
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError:  # a read-only cache is not an error: the matrix is just rebuilt next time
+        pass
+    return M
 
 
 @functools.lru_cache(maxsize=16)
@@ -126,9 +176,13 @@ class SpecularMips:
 
     def sample(self, levels: list[Tensor], dirs: Tensor, roughness: Tensor) -> Tensor:
         """Prefiltered radiance ``[..., C]`` along reflection directions ``[..., 3]`` for per-sample
-        roughness ``[...]``: linear between the two levels whose roughness brackets it."""
-        r = roughness.clamp(0.0, self.roughness[-1])
-        out = torch.zeros(dirs.shape[:-1] + (levels[0].shape[-1],), dtype=levels[0].dtype, device=dirs.device)
+        roughness ``[...]``: linear between the two levels whose roughness brackets it. Each level is
+        read only by the samples that weigh it (at most two levels a sample)."""
+        shape = dirs.shape[:-1]
+        d = dirs.reshape(-1, 3)
+        r = roughness.reshape(-1).clamp(0.0, self.roughness[-1])
+        dtype = torch.promote_types(levels[0].dtype, r.dtype)
+        out = torch.zeros(d.shape[0], levels[0].shape[-1], dtype=dtype, device=dirs.device)
         for i, level in enumerate(levels):
             lo = self.roughness[i - 1] if i > 0 else None
             hi = self.roughness[i + 1] if i + 1 < len(levels) else None
@@ -143,6 +197,9 @@ class SpecularMips:
                 w = torch.ones_like(r)
             if i == len(levels) - 1:
                 w = torch.where(r >= ri, torch.ones_like(r), w)
-            if bool((w > 0).any()):
-                out = out + w[..., None] * sample_cube(level, dirs)
-        return out
+            idx = (w > 0).nonzero()[:, 0]
+            if idx.numel() == d.shape[0]:
+                out = out + w[:, None] * sample_cube(level, d)
+            elif idx.numel():
+                out = out.index_add(0, idx, (w[idx, None] * sample_cube(level, d[idx])).to(dtype))
+        return out.reshape(shape + (out.shape[-1],))

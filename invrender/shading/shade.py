@@ -5,10 +5,14 @@ based colour with an :class:`~invrender.shading.light.EnvironmentLight` and blen
 radiance colour by the progress map:
 
     pbr_linear = albedo (1 - m) / pi * E(n) * visibility                 (diffuse, SH irradiance)
-               + L_spec(reflect(v, n), r) * (F0 A(n.v, r) + B(n.v, r))    (specular, split sum)
+               + sum_k w_k L_spec(d_k, r_k) * (F0 A(n.v, r) + B(n.v, r))  (specular, split sum)
     final      = progress * tonemap(pbr_linear) + (1 - progress) * radiance
 
-Nothing here knows which backend drew the buffer.
+The specular light is read from the prefiltered mips along two taps (directions d_k between the
+normal and the mirror direction, tap roughness r_k, weights w_k: a small table over (n.v, r)
+fitted to the true GGX lobe by ``scripts/fit_specular_taps.py``, see
+:mod:`invrender.shading.specular_taps`); below roughness 0.2 both taps are the single lookup
+along the "dominant direction". Nothing here knows which backend drew the buffer.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from torch import Tensor
 from invrender.shading.brdf import base_reflectance
 from invrender.shading.light import EnvironmentLight
 from invrender.shading.prefilter import SpecularMips
+from invrender.shading.specular_taps import tap_directions, tap_params
 from invrender.shading.splitsum import specular_albedo
 from invrender.shading.tonemap import tonemap
 
@@ -63,18 +68,19 @@ def shade(
     # normals that face away (silhouettes, interpolation) are bent to the horizon's edge
     n_dot_v_c = n_dot_v.clamp(min=1e-4)
     refl = 2.0 * n_dot_v * n - wo  # [..., 3] mirror direction
-    # Rough lobes peak off-specular, towards the normal: look the prefiltered light up along the
-    # "dominant direction" of Lagarde & de Rousiers (2014, sec. 4.9.3) instead of the mirror one.
-    alpha = gbuffer.roughness * gbuffer.roughness
-    s = (1.0 - alpha) * (torch.sqrt((1.0 - alpha).clamp(min=0.0)) + alpha)
-    refl = F.normalize(n + s * (refl - n), dim=-1)
 
     vis = gbuffer.visibility if gbuffer.visibility is not None else 1.0
     diffuse = gbuffer.albedo * (1.0 - gbuffer.metallic) / torch.pi * light.irradiance(n) * vis
 
     mips = mips or SpecularMips(light.resolution)
     levels = mips.levels(light.cube())
-    prefiltered = mips.sample(levels, refl, gbuffer.roughness[..., 0])
+    # Two lookups per pixel (specular_taps): a wider one nearer the normal and a narrower one nearer
+    # the mirror direction, weights summing to one; below roughness 0.25 both are the single lookup
+    # along the "dominant direction" of Lagarde & de Rousiers (2014, sec. 4.9.3).
+    taps = tap_params(n_dot_v_c[..., 0], gbuffer.roughness[..., 0])  # [..., 5]: g1, r1, g2, r2, w1
+    d1, d2 = tap_directions(n, refl, taps)
+    both = mips.sample(levels, torch.stack([d1, d2]), torch.stack([taps[..., 1], taps[..., 3]]))
+    prefiltered = taps[..., 4:5] * both[0] + (1.0 - taps[..., 4:5]) * both[1]
     f0 = base_reflectance(gbuffer.albedo, gbuffer.metallic)
     specular = prefiltered * specular_albedo(n_dot_v_c[..., 0], gbuffer.roughness[..., 0], f0)
 

@@ -68,9 +68,13 @@ def compute_brdf_lut(resolution: int = 128, samples: int = 512) -> Tensor:
     return torch.stack([A, B], -1).float()
 
 
+def cache_dir() -> Path:
+    """Where precomputed shading tables are kept: ``$INVRENDER_CACHE``, else ``~/.cache/invrender``."""
+    return Path(os.environ.get("INVRENDER_CACHE", Path.home() / ".cache" / "invrender"))
+
+
 def _cache_path(resolution: int, samples: int) -> Path:
-    root = Path(os.environ.get("INVRENDER_CACHE", Path.home() / ".cache" / "invrender"))
-    return root / f"brdf_lut_v{LUT_VERSION}_{resolution}_{samples}.pt"
+    return cache_dir() / f"brdf_lut_v{LUT_VERSION}_{resolution}_{samples}.pt"
 
 
 @functools.lru_cache(maxsize=4)
