@@ -213,3 +213,18 @@ def test_large_gaussian_is_spread_over_the_voxels_it_covers():
         ao = bake_ambient_occlusion(**scene, grid_resolution=res)
         assert 0.07 < ao[1] < 0.22, (res, ao)
         assert ao[0] > 0.95, (res, ao)  # the big Gaussian itself, facing away, does not shadow itself
+
+
+def test_density_normals_point_out_of_a_solid_slab():
+    # a thick slab: three stacked sheets, so the shortest axes say nothing about "out" for the
+    # middle one, but the density falls off above the top and below the bottom
+    slab = _cat(*[_sheet("z", z, (-1.0, 1.0), (-1.0, 1.0), +1.0) for z in (-0.1, 0.0, 0.1)])
+    top = _index_of(slab, (0.0, 0.0, 0.1), (0.0, 0.0, 1.0))
+    bottom = _index_of(slab, (0.0, 0.0, -0.1), (0.0, 0.0, 1.0))
+    args = (slab["means"], slab["scales"], slab["quats"], slab["opacities"])
+    ao_density = bake_ambient_occlusion(*args, None, grid_resolution=48, num_directions=16)
+    # from the density, the top sheet looks up and the bottom one down: both see the sky
+    assert ao_density[top] > 0.85 and ao_density[bottom] > 0.85
+    # with the given normals (all +z) the bottom sheet looks into the slab
+    ao_given = bake_ambient_occlusion(*args, slab["normals"], grid_resolution=48, num_directions=16)
+    assert ao_given[bottom] < 0.2

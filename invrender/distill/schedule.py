@@ -62,6 +62,9 @@ class DistillConfig:
     """Weight of the white-light prior mean |l - mean_rgb(l)| over the cube map's texels (stages 3-4)."""
     lambda_depth_normal: float = 0.05
     """Weight of the depth-normal consistency loss 1 - <n_rendered, n_from_depth> (stages 2-4)."""
+    lambda_flat: float = 0.0
+    """Weight of mean(smallest scale) / mean(largest scale) over the Gaussians (stages 2-4):
+    flattens them so that the shortest axis is a well-defined normal (GaussianShader, 3DGS-DR)."""
     lr_albedo: float = 2e-2
     """Adam LR of the albedo logits."""
     lr_roughness: float = 2e-2

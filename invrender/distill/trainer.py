@@ -227,6 +227,11 @@ class PRDTrainer(Trainer):
         loss_dn = depth_normal_loss(out.gbuffer.normal, out.depth_normal, mask)
         loss = loss_rgb + d.lambda_depth_normal * loss_dn
         terms = {"rgb": float(loss_rgb.detach()), "dn": float(loss_dn.detach())}
+        if d.lambda_flat > 0:
+            s = torch.exp(self.params["scales"])  # [N, 3]
+            loss_flat = s.min(dim=-1).values.mean() / s.max(dim=-1).values.mean().detach()
+            loss = loss + d.lambda_flat * loss_flat
+            terms["flat"] = float(loss_flat.detach())
         if blend != "radiance":
             lam_p = d.lambda_progress_specular if stage == "specular" else d.lambda_progress
             if fixed is None and lam_p > 0:
