@@ -193,7 +193,9 @@ def render_run_view(
     light (unless ``light``), its baked visibility and tone mapping, and the preset's fixed progress.
     No background: ``final`` is premultiplied by ``alpha``."""
     blend = blend or run.blend
-    light = light if light is not None else run.light
+    # a new light relights the run: the learned light stays the reference of the radiance residual
+    target = light if (light is not None and run.light is not None and light is not run.light) else None
+    light = run.light if target is not None else (light if light is not None else run.light)
     override = dict(run.progress_override or {})
     override.update(material_override or {})
     if blend != "radiance":
@@ -205,7 +207,7 @@ def render_run_view(
         prd_params(run), light, views.viewmats[i].to(device), views.Ks[i].to(device), views.width, views.height,
         run.meta["sh_degree"], None, blend=blend, visibility=run.visibility, mips=mips,
         tonemapping=run.tonemapping, albedo_scale=albedo_scale, material_override=override or None,
-        backend=backend,
+        target_light=target, backend=backend,
     )
 
 

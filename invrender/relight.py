@@ -4,8 +4,11 @@ The map (equirectangular ``.hdr`` / ``.exr``, DESIGN.md convention: Z up, row 0 
 an :class:`~invrender.shading.light.EnvironmentLight` at the run's light resolution, optionally
 rotated counter-clockwise about +Z (seen from above) and scaled; the run's materials, baked
 visibility and blend do the rest (:func:`invrender.eval.render_run_view`). With PRD's blend the
-part of each pixel that the progress map leaves to the radiance field keeps its training light:
-that is the method's answer, and a radiance-only run (blend ``radiance``) does not relight at all.
+part of each pixel that the progress map leaves to the radiance field is relit through its ratio
+to the physically based colour under the learned light (what physics did not explain there,
+shadows and inter-reflections, is kept as a multiplicative residual; see
+:func:`invrender.distill.model.render_prd`); a radiance-only run (blend ``radiance``) does not
+relight at all.
 
 A per-channel ``albedo_scale`` (``invrender eval`` writes the aligned one to ``metrics.json`` as
 ``albedo_scale``) multiplies the albedo before shading, as in TensoIR's relighting protocol.

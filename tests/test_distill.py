@@ -209,3 +209,26 @@ def test_non_finite_light_is_reported_with_step(embedded_scene, tmp_path):
         t.light.log_radiance[0, 0, 0, 0] = float("nan")
     with pytest.raises(NonFiniteError, match=r"step 4"):
         t.train_step()
+
+
+def test_relighting_with_the_learned_light_reproduces_the_render():
+    # the radiance part is carried as its ratio to the PBR colour under the learned light, so a
+    # copy of that light gives back the PRD render, and a brighter light brightens both parts
+    p = _flat_patch()
+    viewmat, K = _cam()
+    light = EnvironmentLight(8, 0.8)
+    copy = EnvironmentLight(8, 0.8)
+    kw = dict(backend="torch", material_override={"progress": 0.5})
+    ref = render_prd(p, light, viewmat, K, 32, 32, 0, None, blend="prd", **kw)
+    same = render_prd(p, light, viewmat, K, 32, 32, 0, None, blend="prd", target_light=copy, **kw)
+    inside = ref.alpha[..., 0] > 0.5
+    assert torch.allclose(same.final[inside], ref.final[inside], atol=2e-3)
+    brighter = EnvironmentLight(8, 1.6)
+    lit = render_prd(p, light, viewmat, K, 32, 32, 0, None, blend="prd", target_light=brighter, **kw)
+    radiance_only = render_prd(p, light, viewmat, K, 32, 32, 0, None, blend="radiance", **kw)
+    assert (lit.final[inside].mean() > ref.final[inside].mean() + 0.05)
+    # ... whereas the radiance blend cannot be relit
+    assert torch.equal(
+        render_prd(p, light, viewmat, K, 32, 32, 0, None, blend="radiance", target_light=brighter, **kw).final,
+        radiance_only.final,
+    )

@@ -17,6 +17,7 @@ depth-normal consistency term) and the alpha.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -119,9 +120,19 @@ def render_prd(
     tonemapping: str = "srgb",
     albedo_scale: Tensor | None = None,  # [3] (evaluation: per-channel albedo alignment)
     material_override: dict[str, float] | None = None,  # e.g. the grey baseline
+    target_light: EnvironmentLight | None = None,
+    max_residual: float = 4.0,
     backend: str = "auto",
 ) -> PRDRender:
     """Deferred PRD rendering of one view (see the module docstring).
+
+    Relighting (``target_light``): the physically based part is shaded under ``target_light``;
+    the radiance part, which only knows the training light ``light``, is carried over as its
+    ratio to the physically based colour under the training light (per channel, linear, at most
+    ``max_residual``): what physics did not explain there (cast shadows, inter-reflections) is
+    kept as a multiplicative residual and applied to the new shading,
+
+        final = p * tonemap(pbr_new) + (1 - p) * tonemap(pbr_new * lin(radiance) / pbr_train).
 
     ``blend``: ``prd`` (learned progress), ``pbr`` (progress 1), ``radiance`` (progress 0),
     ``specular`` (stage 2 of PRD: metallic held at 1 and only the specular term, blended by progress)."""
@@ -157,6 +168,7 @@ def render_prd(
     surf = img / a  # [H, W, 13] per-surface values
     rad_px, albedo, rough, metal, nrm, prog, vis_px = surf.split([3, 3, 1, 1, 3, 1, 1], dim=-1)
     albedo = albedo.clamp(0, 1)
+    albedo_learned = albedo  # what the training light was fitted with (relighting's residual)
     if albedo_scale is not None:
         albedo = (albedo * albedo_scale).clamp(0, 1)
     rough, metal, prog, vis_px = rough.clamp(0, 1), metal.clamp(0, 1), prog.clamp(0, 1), vis_px.clamp(0, 1)
@@ -178,6 +190,19 @@ def render_prd(
         pbr_linear = torch.zeros_like(rad_px)
         pbr = pbr_linear
         blended = rad_px
+    elif target_light is not None:
+        from invrender.color import srgb_to_linear  # noqa: PLC0415
+        from invrender.shading.tonemap import tonemap  # noqa: PLC0415
+
+        sh = shade(g, target_light, view_dirs, mips=mips, tonemapping=tonemapping)
+        pbr_linear, pbr = sh.pbr_linear, sh.pbr
+        if blend == "pbr":
+            blended = pbr
+        else:
+            g_train = dataclasses.replace(g, albedo=albedo_learned)
+            train = shade(g_train, light, view_dirs, mips=mips, tonemapping=tonemapping).pbr_linear
+            residual = (srgb_to_linear(rad_px.clamp(0, 1)) / train.clamp(min=1e-3)).clamp(max=max_residual)
+            blended = prog * pbr + (1.0 - prog) * tonemap(pbr_linear * residual, tonemapping)
     else:
         sh = shade(g, light, view_dirs, mips=mips, tonemapping=tonemapping)
         if blend == "specular":

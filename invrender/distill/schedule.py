@@ -51,14 +51,15 @@ class DistillConfig:
     """Initial progress (PRD: 0.01, so the radiance colour dominates at first)."""
     tonemapping: Literal["srgb", "aces"] = "srgb"
     """Tone mapping of the physically based colour before the blend."""
-    lambda_progress: float = 0.02
+    lambda_progress: float = 0.01
     """Weight of MSE(object mask, progress map) in stages 3-4: pulls the progress up on the object,
     while the colour loss holds it down where physics cannot explain the pixels. PRD uses 0.08; on
     the embedded scene 0.08 cost 1.5 dB of novel-view PSNR against the radiance preset (progress
-    0.87 on object pixels), 0.02 keeps it within ~0.5 dB (progress 0.65)."""
+    0.87 on object pixels), 0.02 cost 0.5 dB (progress 0.65), 0.01 about 0.1 dB (progress 0.5),
+    with the same relighting PSNR (the radiance part is relit through its residual)."""
     lambda_progress_specular: float = 0.0
     """The same term in stage 2 (PRD lets the colour loss alone decide there)."""
-    lambda_pbr: float = 0.3
+    lambda_pbr: float = 1.0
     """Weight of the colour loss on the physically based image alone (stages 3-4; not in PRD):
     gives the materials a signal of their own where the progress is still low."""
     lambda_light: float = 0.003
