@@ -80,3 +80,21 @@ def test_gradients_reach_the_texels():
     (light.radiance(dirs).sum() + light.irradiance(dirs).sum()).backward()
     g = light.log_radiance.grad
     assert g is not None and torch.isfinite(g).all() and (g.abs() > 0).float().mean() > 0.5
+
+
+def test_prefiltered_levels_are_reused_only_while_the_light_is_unchanged():
+    from invrender.shading.prefilter import SpecularMips
+
+    light = EnvironmentLight(8, 0.5)
+    mips = SpecularMips(8, roughness=(0.0, 0.5), divisors=(1, 2))
+    with torch.no_grad():
+        light.log_radiance[0] += 1.0
+        a = light.prefiltered_levels(mips)
+        assert light.prefiltered_levels(mips) is a  # same light: no recomputation
+        light.log_radiance[1] += 1.0  # an in-place change must invalidate it
+        b = light.prefiltered_levels(mips)
+    assert b is not a and not torch.equal(a[1], b[1])
+    assert torch.allclose(b[1], mips.levels(light.cube())[1])
+    # while training, every call builds a fresh differentiable chain
+    c = light.prefiltered_levels(mips)
+    assert c[1].requires_grad and c is not light.prefiltered_levels(mips)

@@ -133,6 +133,20 @@ class EnvironmentLight(nn.Module):
         super().__init__()
         self.log_radiance = nn.Parameter(torch.full((6, resolution, resolution, 3), math.log(init_radiance)))
 
+    def prefiltered_levels(self, mips) -> list[Tensor]:
+        """``mips.levels(self.cube())``, remembered between calls while nothing can change it (no
+        gradient recording, same texels): evaluation and relighting shade many views under one
+        light, and the prefilter products are most of a frame's cost."""
+        if torch.is_grad_enabled() and self.log_radiance.requires_grad:
+            return mips.levels(self.cube())
+        key = (id(mips), self.log_radiance.data_ptr(), self.log_radiance._version)
+        cached = getattr(self, "_levels_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        levels = mips.levels(self.cube())
+        self._levels_cache = (key, levels)
+        return levels
+
     @property
     def resolution(self) -> int:
         return self.log_radiance.shape[1]

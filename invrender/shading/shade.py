@@ -73,7 +73,7 @@ def shade(
     diffuse = gbuffer.albedo * (1.0 - gbuffer.metallic) / torch.pi * light.irradiance(n) * vis
 
     mips = mips or SpecularMips(light.resolution)
-    levels = mips.levels(light.cube())
+    levels = light.prefiltered_levels(mips)
     # Two lookups per pixel (specular_taps): a wider one nearer the normal and a narrower one nearer
     # the mirror direction, weights summing to one; below roughness 0.25 both are the single lookup
     # along the "dominant direction" of Lagarde & de Rousiers (2014, sec. 4.9.3).
