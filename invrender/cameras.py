@@ -115,6 +115,17 @@ def camera_centers(viewmats) -> torch.Tensor:
     return torch.linalg.solve(R, -t)[..., 0].to(torch.float32)
 
 
+def pixel_rays(K: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Camera-space rays ``[H, W, 3]`` through the pixel centres (+0.5), OpenCV axes, with z = 1:
+    a z-depth times the ray is the back-projected point. Dtype and device follow ``K`` [3, 3]."""
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=K.device, dtype=K.dtype) + 0.5,
+        torch.arange(width, device=K.device, dtype=K.dtype) + 0.5,
+        indexing="ij",
+    )
+    return torch.stack([(xs - K[0, 2]) / K[0, 0], (ys - K[1, 2]) / K[1, 1], torch.ones_like(xs)], -1)
+
+
 def transform_viewmats(viewmats, transform) -> torch.Tensor:
     """World-to-camera matrices after the world is mapped by a similarity ``x' = transform @ x``.
 

@@ -134,6 +134,12 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def photometric_loss(pred: Tensor, gt: Tensor, ssim_lambda: float) -> Tensor:
+    """3DGS's colour loss (1 - lambda) L1 + lambda (1 - SSIM) of images ``[H, W, 3]``."""
+    l1 = (pred - gt).abs().mean()
+    return (1.0 - ssim_lambda) * l1 + ssim_lambda * (1.0 - ssim(pred, gt))
+
+
 def resolve_background(kind: str, white_default: bool) -> str:
     """``auto`` -> white for synthetic captures, black otherwise; other kinds unchanged."""
     if kind == "auto":
@@ -286,8 +292,7 @@ class Trainer:
             self.params, self.viewmats[i], self.Ks[i], self.width, self.height, sh_degree, bg, cfg.backend
         )
         gt = self.gt_rgb[i] * self.gt_alpha[i] + bg * (1.0 - self.gt_alpha[i])  # [H, W, 3]
-        l1 = (out.rgb - gt).abs().mean()
-        loss = (1.0 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1.0 - ssim(out.rgb, gt))
+        loss = photometric_loss(out.rgb, gt, cfg.ssim_lambda)
         if not torch.isfinite(loss):
             raise NonFiniteError(f"step {step}: loss is {loss.item()} (view {i}); last checkpoint in {self.out}")
         loss.backward()

@@ -20,6 +20,7 @@ import torch
 
 
 def main() -> None:
+    from invrender.cameras import pixel_rays
     from invrender.data import load_scene
     from invrender.eval import composite_display
     from invrender.metrics import psnr
@@ -52,8 +53,7 @@ def main() -> None:
             rec = {"psnr_obj": [], "psnr_obj_dielectric": [], "psnr_obj_metal": [], "brightness_ratio": []}
             for i in range(0, len(views), a.views_every):
                 K, vm = views.Ks[i], views.viewmats[i]
-                ys, xs = torch.meshgrid(torch.arange(views.height) + 0.5, torch.arange(views.width) + 0.5, indexing="ij")
-                d = torch.stack([(xs - K[0, 2]) / K[0, 0], (ys - K[1, 2]) / K[1, 1], torch.ones_like(xs)], -1) @ vm[:3, :3]
+                d = pixel_rays(K, views.width, views.height) @ vm[:3, :3]  # [H, W, 3] world, unnormalized
                 rgba = gt[f"rgba_{env}"][i]
                 ga = rgba[..., 3:]
                 obj = ga[..., 0] > 0.5

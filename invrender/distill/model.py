@@ -25,12 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from invrender.cameras import pixel_rays
+from invrender.color import srgb_to_linear
 from invrender.shading.light import EnvironmentLight
 from invrender.shading.prefilter import SpecularMips
 from invrender.shading.shade import GBuffer, shade
+from invrender.shading.tonemap import tonemap
 from invrender.splat.composite import composite
-from invrender.splat.project import Projected, project_gaussians, quat_to_rotmat
-from invrender.splat.sh import sh_colors
+from invrender.splat.gaussians import project_with_colors
+from invrender.splat.project import Projected, quat_to_rotmat
 
 MATERIAL_NAMES = ("albedo", "roughness", "metallic", "progress")
 
@@ -74,14 +77,7 @@ def depth_to_normal(depth: Tensor, K: Tensor, viewmat: Tensor) -> Tensor:
     """World-space normals ``[H, W, 3]`` from a z-depth map ``[H, W, 1]`` (central differences of
     the back-projected points, facing the camera). Border pixels get a zero normal."""
     H, W = depth.shape[:2]
-    ys, xs = torch.meshgrid(
-        torch.arange(H, device=depth.device, dtype=depth.dtype) + 0.5,
-        torch.arange(W, device=depth.device, dtype=depth.dtype) + 0.5,
-        indexing="ij",
-    )
-    x = (xs - K[0, 2]) / K[0, 0]
-    y = (ys - K[1, 2]) / K[1, 1]
-    pts = torch.stack([x, y, torch.ones_like(x)], -1) * depth  # [H, W, 3] camera space (OpenCV)
+    pts = pixel_rays(K.to(depth.dtype), W, H) * depth  # [H, W, 3] camera space (OpenCV)
     dx = pts[1:-1, 2:] - pts[1:-1, :-2]  # [H-2, W-2, 3]
     dy = pts[2:, 1:-1] - pts[:-2, 1:-1]
     n_cam = F.normalize(torch.cross(dy, dx, dim=-1), dim=-1)
@@ -138,16 +134,9 @@ def render_prd(
     ``specular`` (stage 2 of PRD: metallic held at 1 and only the specular term, blended by progress)."""
     if blend not in BLEND_MODES:
         raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
-    per_gaussian = {"torch": "torch", "auto": "auto"}.get(backend, "native")
     means = params["means"]
     n = means.shape[0]
-    proj = project_gaussians(
-        means, params["quats"], torch.exp(params["scales"]), viewmat, K, width, height, backend=per_gaussian
-    )
-    cam_center = -viewmat[:3, :3].T @ viewmat[:3, 3]  # [3]
-    dirs = F.normalize(means.detach() - cam_center, dim=-1)  # [N, 3]
-    coeffs = torch.cat([params["sh0"], params["shN"]], dim=1)  # [N, K, 3]
-    radiance = sh_colors(sh_degree, coeffs, dirs, backend=per_gaussian)  # [N, 3] display space
+    proj, radiance, cam_center = project_with_colors(params, viewmat, K, width, height, sh_degree, backend)
     normals = gaussian_normals(params, cam_center)  # [N, 3]
     mats = {k: torch.sigmoid(params[k]) for k in MATERIAL_NAMES}
     if material_override:
@@ -158,8 +147,6 @@ def render_prd(
     feats = torch.cat(
         [radiance, mats["albedo"], mats["roughness"], mats["metallic"], normals, mats["progress"], vis], dim=-1
     )  # [N, 13]
-    if proj.means2d.requires_grad:
-        proj.means2d.retain_grad()
     img, depth, alpha = composite(
         proj.means2d, proj.conics, torch.sigmoid(params["opacities"]), feats, proj.depths, proj.radii,
         width, height, backend=backend,
@@ -177,23 +164,12 @@ def render_prd(
     g = GBuffer(albedo=albedo, roughness=rough, metallic=metal, normal=nrm, alpha=alpha, radiance=rad_px,
                 progress=prog, visibility=vis_px)
 
-    # view directions through pixel centres, world space
-    ys, xs = torch.meshgrid(
-        torch.arange(height, device=means.device, dtype=means.dtype) + 0.5,
-        torch.arange(width, device=means.device, dtype=means.dtype) + 0.5,
-        indexing="ij",
-    )
-    d_cam = torch.stack([(xs - K[0, 2]) / K[0, 0], (ys - K[1, 2]) / K[1, 1], torch.ones_like(xs)], -1)
-    view_dirs = F.normalize(d_cam @ viewmat[:3, :3], dim=-1)  # [H, W, 3]
-
+    view_dirs = F.normalize(pixel_rays(K.to(means.dtype), width, height) @ viewmat[:3, :3], dim=-1)  # [H, W, 3] world
     if blend == "radiance":
         pbr_linear = torch.zeros_like(rad_px)
         pbr = pbr_linear
         blended = rad_px
     elif target_light is not None:
-        from invrender.color import srgb_to_linear  # noqa: PLC0415
-        from invrender.shading.tonemap import tonemap  # noqa: PLC0415
-
         sh = shade(g, target_light, view_dirs, mips=mips, tonemapping=tonemapping)
         pbr_linear, pbr = sh.pbr_linear, sh.pbr
         if blend == "pbr":
@@ -206,8 +182,6 @@ def render_prd(
     else:
         sh = shade(g, light, view_dirs, mips=mips, tonemapping=tonemapping)
         if blend == "specular":
-            from invrender.shading.tonemap import tonemap  # noqa: PLC0415
-
             pbr_linear = sh.specular
             pbr = tonemap(pbr_linear, tonemapping)
         else:

@@ -20,10 +20,10 @@ from torch import Tensor
 
 from invrender.distill.model import MATERIAL_NAMES, material_params, render_prd
 from invrender.distill.schedule import PRDSchedule, blend_for, progress_override
-from invrender.metrics import psnr, ssim
+from invrender.metrics import psnr
 from invrender.shading.light import EnvironmentLight
 from invrender.splat.gaussians import PARAM_NAMES, num_gaussians
-from invrender.train import NonFiniteError, Trainer
+from invrender.train import NonFiniteError, Trainer, photometric_loss
 
 
 def white_light_prior(light: EnvironmentLight) -> Tensor:
@@ -100,9 +100,12 @@ class PRDTrainer(Trainer):
     def _make_optimizers(self) -> None:
         super()._make_optimizers()
         if "albedo" in self.params:  # resuming inside stages 2-4
-            rates = self._material_rates(self.stage())
-            for k in MATERIAL_NAMES:
-                self.optimizers[k] = torch.optim.Adam([self.params[k]], lr=rates[k], eps=1e-15, fused=True)
+            self._make_material_optimizers(self.stage())
+
+    def _make_material_optimizers(self, stage: str) -> None:
+        rates = self._material_rates(stage)
+        for k in MATERIAL_NAMES:
+            self.optimizers[k] = torch.optim.Adam([self.params[k]], lr=rates[k], eps=1e-15, fused=True)
 
     def state_dict(self) -> dict:
         sd = super().state_dict()
@@ -148,9 +151,7 @@ class PRDTrainer(Trainer):
             for k, p in mats.items():
                 self.params[k] = p
             self._make_light()
-            rates = self._material_rates(stage)
-            for k in MATERIAL_NAMES:
-                self.optimizers[k] = torch.optim.Adam([self.params[k]], lr=rates[k], eps=1e-15, fused=True)
+            self._make_material_optimizers(stage)
             for k in PARAM_NAMES:
                 for group in self.optimizers[k].param_groups:
                     group["lr"] *= d.geometry_lr_scale
@@ -221,8 +222,7 @@ class PRDTrainer(Trainer):
         )
         gt_a = self.gt_alpha[i]  # [H, W, 1]
         gt = self.gt_rgb[i] * gt_a + bg * (1.0 - gt_a)
-        l1 = (out.final - gt).abs().mean()
-        loss_rgb = (1.0 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1.0 - ssim(out.final, gt))
+        loss_rgb = photometric_loss(out.final, gt, cfg.ssim_lambda)
         mask = (gt_a[..., 0] > 0.5) & (out.alpha.detach()[..., 0] > 0.5)
         loss_dn = depth_normal_loss(out.gbuffer.normal, out.depth_normal, mask)
         loss = loss_rgb + d.lambda_depth_normal * loss_dn
@@ -241,7 +241,7 @@ class PRDTrainer(Trainer):
                 terms["progress"] = float(loss_p.detach())
             if stage != "specular" and d.lambda_pbr > 0 and blend == "prd":
                 pbr_img = out.pbr * out.alpha + (1.0 - out.alpha) * bg
-                loss_pbr = (1.0 - cfg.ssim_lambda) * (pbr_img - gt).abs().mean() + cfg.ssim_lambda * (1.0 - ssim(pbr_img, gt))
+                loss_pbr = photometric_loss(pbr_img, gt, cfg.ssim_lambda)
                 loss = loss + d.lambda_pbr * loss_pbr
                 terms["pbr"] = float(loss_pbr.detach())
             if stage != "specular" and d.lambda_light > 0:

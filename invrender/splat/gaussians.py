@@ -75,17 +75,18 @@ class RenderOutput:
     projected: Projected  # its means2d keeps .grad for the densification strategy
 
 
-def render_view(
+def project_with_colors(
     params: dict[str, Tensor],
     viewmat: Tensor,  # [4, 4]
     K: Tensor,  # [3, 3]
     width: int,
     height: int,
     sh_degree: int,
-    background: Tensor | None = None,  # [3] or [H, W, 3]
     backend: str = "auto",
-) -> RenderOutput:
-    """Render the radiance (SH colour) of the Gaussians from one camera."""
+) -> tuple[Projected, Tensor, Tensor]:
+    """Project the Gaussians and evaluate their SH colour towards the camera: ``(projected,
+    colors [N, 3] display space, camera centre [3])``. The projected ``means2d`` keeps its ``.grad``
+    for the densification strategy. Shared by every renderer of Gaussians."""
     # projection and SH use the fused native kernels with every compositing backend but the
     # torch reference (gsplat included: it only replaces the compositing); "auto" stays "auto"
     # so that it can fall back to torch where native does not apply (e.g. a camera with grad)
@@ -102,6 +103,21 @@ def render_view(
     colors = sh_colors(sh_degree, coeffs, dirs, backend=per_gaussian)  # [N, 3]
     if proj.means2d.requires_grad:
         proj.means2d.retain_grad()
+    return proj, colors, cam_center
+
+
+def render_view(
+    params: dict[str, Tensor],
+    viewmat: Tensor,  # [4, 4]
+    K: Tensor,  # [3, 3]
+    width: int,
+    height: int,
+    sh_degree: int,
+    background: Tensor | None = None,  # [3] or [H, W, 3]
+    backend: str = "auto",
+) -> RenderOutput:
+    """Render the radiance (SH colour) of the Gaussians from one camera."""
+    proj, colors, _ = project_with_colors(params, viewmat, K, width, height, sh_degree, backend)
     img, depth, alpha = composite(
         proj.means2d,
         proj.conics,
