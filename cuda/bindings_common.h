@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "mesh_raster.h"
 #include "project.h"
 #include "raster.h"
 
@@ -224,6 +225,49 @@ inline ShParams check_sh_bwd_args(torch::DeviceType device, int64_t degree,
     TORCH_CHECK(dirs.numel() == 3 * (int64_t)p.n_gaussians &&
                     v_colors.numel() == 3 * (int64_t)p.n_gaussians,
                 "dirs and v_colors must be [N, 3]");
+    return p;
+}
+
+// ---- mesh visibility (mesh_raster.h) ----
+
+// verts [V, 3] (float or double, camera space), faces [F, 3] int32, ray_x [W] and ray_y [H]
+// float64; K enters only through (fx, fy, cx, cy), used for the bounding boxes.
+inline MeshRasterParams check_mesh_visibility_args(torch::DeviceType device,
+                                                   const torch::Tensor &verts,
+                                                   const torch::Tensor &faces,
+                                                   const torch::Tensor &ray_x,
+                                                   const torch::Tensor &ray_y, double fx,
+                                                   double fy, double cx, double cy,
+                                                   double near_plane, int64_t tile_size,
+                                                   int64_t num_threads) {
+    check_input(verts, "verts", verts.scalar_type(), device);
+    TORCH_CHECK(verts.scalar_type() == torch::kFloat32 || verts.scalar_type() == torch::kFloat64,
+                "verts must be float32 or float64");
+    check_input(faces, "faces", torch::kInt32, device);
+    check_input(ray_x, "ray_x", torch::kFloat64, device);
+    check_input(ray_y, "ray_y", torch::kFloat64, device);
+    TORCH_CHECK(verts.dim() == 2 && verts.size(1) == 3, "verts must be [V, 3]");
+    TORCH_CHECK(faces.dim() == 2 && faces.size(1) == 3, "faces must be [F, 3]");
+    TORCH_CHECK(ray_x.dim() == 1 && ray_y.dim() == 1, "ray_x and ray_y must be 1-D");
+    TORCH_CHECK(fx > 0.0 && fy > 0.0, "fx and fy must be positive");
+    TORCH_CHECK(near_plane > 0.0, "near_plane must be positive");
+    TORCH_CHECK(tile_size >= 1 && tile_size <= 256, "tile_size must be in [1, 256]");
+    TORCH_CHECK(verts.size(0) < (int64_t(1) << 31) && faces.size(0) < (int64_t(1) << 31),
+                "too many vertices or faces for int32 ids");
+    MeshRasterParams p;
+    p.n_vertices = int(verts.size(0));
+    p.n_faces = int(faces.size(0));
+    p.width = int(ray_x.size(0));
+    p.height = int(ray_y.size(0));
+    p.fx = fx;
+    p.fy = fy;
+    p.cx = cx;
+    p.cy = cy;
+    p.near_plane = near_plane;
+    p.tile_size = int(tile_size);
+    p.tiles_x = ceil_div(p.width, p.tile_size);
+    p.tiles_y = ceil_div(p.height, p.tile_size);
+    p.num_threads = int(std::max<int64_t>(1, num_threads));
     return p;
 }
 

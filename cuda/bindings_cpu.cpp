@@ -1,9 +1,10 @@
-// torch bindings of the CPU ops (compositing, projection, SH colour): allocation and float/double
-// dispatch. The argument checks and params structs are shared with the CUDA variant
-// (bindings_common.h).
+// torch bindings of the CPU ops (compositing, projection, SH colour, mesh visibility):
+// allocation and float/double dispatch. The argument checks and params structs are shared with
+// the CUDA variant (bindings_common.h).
 #include <torch/extension.h>
 
 #include "bindings_common.h"
+#include "mesh_raster_launch.h"
 #include "project.h"
 #include "raster_launch.h"
 
@@ -192,6 +193,29 @@ torch::Tensor sh_bwd(int64_t degree, torch::Tensor coeffs, torch::Tensor dirs,
     return v_coeffs;
 }
 
+// ---- mesh visibility (mesh_raster.h) ----
+
+// -> (tri_id int32 [H, W], -1 = empty; depth float32 [H, W], 0 = empty)
+std::vector<torch::Tensor> mesh_visibility(torch::Tensor verts,  // [V, 3] camera space
+                                           torch::Tensor faces,  // [F, 3] int32
+                                           torch::Tensor ray_x,  // [W] float64
+                                           torch::Tensor ray_y,  // [H] float64
+                                           double fx, double fy, double cx, double cy,
+                                           double near_plane, int64_t tile_size,
+                                           int64_t num_threads) {
+    const auto p = check_mesh_visibility_args(kDevice, verts, faces, ray_x, ray_y, fx, fy, cx, cy,
+                                              near_plane, tile_size, num_threads);
+    auto opt = verts.options();
+    torch::Tensor tri_id = torch::empty({p.height, p.width}, opt.dtype(torch::kInt32));
+    torch::Tensor depth = torch::empty({p.height, p.width}, opt.dtype(torch::kFloat32));
+    AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "mesh_visibility", [&] {
+        invrender::mesh_visibility_cpu<scalar_t>(
+            p, verts.data_ptr<scalar_t>(), faces.data_ptr<int32_t>(), ray_x.data_ptr<double>(),
+            ray_y.data_ptr<double>(), tri_id.data_ptr<int32_t>(), depth.data_ptr<float>());
+    });
+    return {tri_id, depth};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -202,4 +226,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("project_bwd", &project_bwd, "EWA projection of 3D Gaussians, backward (CPU, OpenMP)");
     m.def("sh_fwd", &sh_fwd, "SH colour (+0.5, clamped at 0), forward (CPU, OpenMP)");
     m.def("sh_bwd", &sh_bwd, "SH colour, gradient w.r.t. the coefficients (CPU, OpenMP)");
+    m.def("mesh_visibility", &mesh_visibility,
+          "Mesh visibility: triangle id and depth per pixel centre (CPU, OpenMP)");
 }

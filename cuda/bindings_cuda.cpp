@@ -1,13 +1,15 @@
-// torch bindings of the CUDA ops (compositing, projection, SH colour): device guard, stream,
-// allocation, float/double dispatch; the argument checks and params structs are shared with the
-// CPU variant (bindings_common.h). The kernels live in raster_cuda.cu and project_cuda.cu behind
-// the plain launchers of raster_cuda.h and project_cuda.h; tile binning for this variant is done
-// in vectorized torch (invrender/splat/native.py: bin_tiles_torch).
+// torch bindings of the CUDA ops (compositing, projection, SH colour, mesh visibility): device
+// guard, stream, allocation, float/double dispatch; the argument checks and params structs are
+// shared with the CPU variant (bindings_common.h). The kernels live in raster_cuda.cu,
+// project_cuda.cu and mesh_raster_cuda.cu behind the plain launchers of raster_cuda.h,
+// project_cuda.h and mesh_raster_cuda.h; tile binning for the compositing is done in vectorized
+// torch (invrender/splat/native.py: bin_tiles_torch).
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
 #include "bindings_common.h"
+#include "mesh_raster_cuda.h"
 #include "project_cuda.h"
 #include "raster_cuda.h"
 
@@ -193,6 +195,38 @@ torch::Tensor sh_bwd(int64_t degree, torch::Tensor coeffs, torch::Tensor dirs,
     return v_coeffs;
 }
 
+// ---- mesh visibility (mesh_raster.h) ----
+
+// -> (tri_id int32 [H, W], -1 = empty; depth float32 [H, W], 0 = empty)
+std::vector<torch::Tensor> mesh_visibility(torch::Tensor verts,  // [V, 3] camera space
+                                           torch::Tensor faces,  // [F, 3] int32
+                                           torch::Tensor ray_x,  // [W] float64
+                                           torch::Tensor ray_y,  // [H] float64
+                                           double fx, double fy, double cx, double cy,
+                                           double near_plane, int64_t tile_size,
+                                           int64_t /*num_threads*/) {
+    const auto p = check_mesh_visibility_args(kDevice, verts, faces, ray_x, ray_y, fx, fy, cx, cy,
+                                              near_plane, tile_size, 1);
+    const c10::cuda::CUDAGuard guard(verts.device());
+    auto opt = verts.options();
+    torch::Tensor tri_id = torch::empty({p.height, p.width}, opt.dtype(torch::kInt32));
+    torch::Tensor depth = torch::empty({p.height, p.width}, opt.dtype(torch::kFloat32));
+    // scratch: per-triangle setup records and the packed depth keys of the z-buffer
+    torch::Tensor setup = torch::empty(
+        {(int64_t)p.n_faces * (int64_t)sizeof(invrender::TriSetup)}, opt.dtype(torch::kUInt8));
+    torch::Tensor keys = torch::empty({p.height, p.width}, opt.dtype(torch::kInt64));
+    void *stream = c10::cuda::getCurrentCUDAStream().stream();
+    AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "mesh_visibility_cuda", [&] {
+        invrender::mesh_visibility_cuda<scalar_t>(
+            p, verts.data_ptr<scalar_t>(), faces.data_ptr<int32_t>(), ray_x.data_ptr<double>(),
+            ray_y.data_ptr<double>(), reinterpret_cast<invrender::TriSetup *>(setup.data_ptr()),
+            reinterpret_cast<uint64_t *>(keys.data_ptr<int64_t>()), tri_id.data_ptr<int32_t>(),
+            depth.data_ptr<float>(), stream);
+    });
+    check_launch("mesh_visibility (CUDA)");
+    return {tri_id, depth};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -202,4 +236,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("project_bwd", &project_bwd, "EWA projection of 3D Gaussians, backward (CUDA)");
     m.def("sh_fwd", &sh_fwd, "SH colour (+0.5, clamped at 0), forward (CUDA)");
     m.def("sh_bwd", &sh_bwd, "SH colour, gradient w.r.t. the coefficients (CUDA)");
+    m.def("mesh_visibility", &mesh_visibility,
+          "Mesh visibility: triangle id and depth per pixel centre (CUDA)");
 }

@@ -1,16 +1,18 @@
 """Lazy JIT build of the project's native kernels (``cuda/``) and the native autograd ops
-(compositing, projection, SH colour).
+(compositing, projection, SH colour), plus the (non-differentiable) mesh visibility op.
 
 Nothing is compiled at import time: :func:`load_extension` builds on first call with
 ``torch.utils.cpp_extension.load`` and caches the result under
 ``$INVRENDER_CACHE/torch_extensions/<variant>`` (default ``~/.cache/invrender``). Two variants
-exist, built from the same portable kernel sources ``cuda/raster.h`` and ``cuda/project.h``:
+exist, built from the same portable kernel sources ``cuda/raster.h``, ``cuda/project.h`` and
+``cuda/mesh_raster.h``:
 
-- ``cpu``: ``raster_cpu.cpp`` + ``project_cpu.cpp`` + ``bindings_cpu.cpp`` with OpenMP,
-  ``-O3 -march=native -ffast-math`` (the inner loops rely on auto-vectorization and libmvec's
-  vector ``exp``);
-- ``cuda``: ``raster_cuda.cu`` + ``project_cuda.cu`` + ``bindings_cuda.cpp``, when CUDA and
-  ``nvcc`` are available.
+- ``cpu``: ``raster_cpu.cpp`` + ``project_cpu.cpp`` + ``mesh_raster_cpu.cpp`` +
+  ``bindings_cpu.cpp`` with OpenMP, ``-O3 -march=native -ffast-math`` (the inner loops rely on
+  auto-vectorization and libmvec's vector ``exp``; ``mesh_raster_cpu.cpp`` opts out of fast-math,
+  see there);
+- ``cuda``: ``raster_cuda.cu`` + ``project_cuda.cu`` + ``mesh_raster_cuda.cu`` +
+  ``bindings_cuda.cpp``, when CUDA and ``nvcc`` are available.
 
 Because of ``-march=native`` the cache key includes the machine name.
 """
@@ -29,7 +31,7 @@ from torch import Tensor
 
 __all__ = [
     "load_extension", "cache_dir", "source_dir", "bin_tiles_torch",
-    "NativeComposite", "NativeProject", "NativeSHColors",
+    "NativeComposite", "NativeProject", "NativeSHColors", "mesh_visibility_native",
 ]
 
 
@@ -69,7 +71,8 @@ def load_extension(variant: str = "cpu") -> ModuleType:
     host = platform.node().replace("-", "_").replace(".", "_") or "host"
     if variant == "cpu":
         _require_tool(os.environ.get("CXX", "c++"), "CPU")
-        sources = [src / "bindings_cpu.cpp", src / "raster_cpu.cpp", src / "project_cpu.cpp"]
+        sources = [src / "bindings_cpu.cpp", src / "raster_cpu.cpp", src / "project_cpu.cpp",
+                   src / "mesh_raster_cpu.cpp"]
         kwargs = dict(
             extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
@@ -82,7 +85,8 @@ def load_extension(variant: str = "cpu") -> ModuleType:
         nvcc = Path(cpp_extension.CUDA_HOME or "/usr/local/cuda") / "bin" / "nvcc"
         if not nvcc.exists() and shutil.which("nvcc") is None:
             _require_tool("nvcc", "CUDA")
-        sources = [src / "bindings_cuda.cpp", src / "raster_cuda.cu", src / "project_cuda.cu"]
+        sources = [src / "bindings_cuda.cpp", src / "raster_cuda.cu", src / "project_cuda.cu",
+                   src / "mesh_raster_cuda.cu"]
         kwargs = dict(extra_cflags=["-O3"], extra_cuda_cflags=["-O3", "--use_fast_math"])
         name = "invrender_raster_cuda"
     else:
@@ -254,3 +258,33 @@ class NativeSHColors(torch.autograd.Function):
             degree, coeffs, dirs, v_colors.contiguous(), torch.get_num_threads()
         )
         return None, v_coeffs, None
+
+
+# CPU tile side of the mesh z-buffer: small enough that a tile's keys stay in L1 (2 KiB), large
+# enough that most of a ~100k-triangle mesh's triangles fall into one tile
+MESH_TILE_SIZE = 16
+
+
+@torch.no_grad()
+def mesh_visibility_native(
+    verts: Tensor,  # [V, 3] camera space (OpenCV), float32 or float64
+    faces: Tensor,  # [F, 3] int32
+    ray_x: Tensor,  # [W] float64
+    ray_y: Tensor,  # [H] float64
+    fx: float, fy: float, cx: float, cy: float,
+    near_plane: float,
+) -> tuple[Tensor, Tensor]:
+    """Native mesh visibility (``cuda/mesh_raster.h``), CPU or CUDA by the inputs' device; twin of
+    :func:`invrender.mesh.raster.mesh_visibility_torch` (same arguments and results).
+
+    Returns ``tri_id`` int32 [H, W] (-1 = empty) and ``depth`` float32 [H, W] (0 = empty). The
+    op has no gradient (triangle ids are piecewise constant), so no autograd wrapper: the
+    differentiable barycentrics and depth are recomputed in torch from ``tri_id``.
+    """
+    variant = "cuda" if verts.is_cuda else "cpu"
+    tri_id, depth = load_extension(variant).mesh_visibility(
+        verts.contiguous(), faces.to(torch.int32).contiguous(), ray_x.contiguous(),
+        ray_y.contiguous(), float(fx), float(fy), float(cx), float(cy), float(near_plane),
+        MESH_TILE_SIZE, torch.get_num_threads(),
+    )
+    return tri_id, depth
