@@ -56,6 +56,7 @@ from invrender.distill.model import MATERIAL_NAMES, PRDRender, material_params, 
 from invrender.metrics import LPIPSUnavailable, load_lpips, lpips_score, psnr, ssim
 from invrender.shading.light import EnvironmentLight
 from invrender.splat.gaussians import num_gaussians
+from invrender.mesh.textured import TexturedMesh
 from invrender.train import background_color, resolve_background
 
 GRID_VIEWS = 3  # views shown in each comparison grid
@@ -77,6 +78,8 @@ class LoadedRun:
     visibility: Tensor | None = None  # [N, 1] baked ambient visibility (None before stage 2)
     blend: str = "radiance"
     """How the run renders (:data:`invrender.distill.model.BLEND_MODES`)."""
+    mesh: TexturedMesh | None = None
+    """The mesh stage's textured mesh when loaded with ``geometry="mesh"``: the run then renders it."""
     _prd_params: dict[str, Tensor] | None = field(default=None, repr=False)
 
     @property
@@ -106,8 +109,11 @@ class LoadedRun:
         return None if fixed is None else {"progress": fixed}
 
 
-def load_run(run_dir: Path, device: str | torch.device = "cpu") -> LoadedRun:
-    """The newest checkpoint of a run folder; a clear error when there is none."""
+def load_run(run_dir: Path, device: str | torch.device = "cpu", geometry: str = "gaussian") -> LoadedRun:
+    """The newest checkpoint of a run folder; a clear error when there is none. ``geometry="mesh"``
+    also loads the mesh stage's ``RUN/mesh/textured_mesh.pt``, which the run then renders."""
+    if geometry not in ("gaussian", "mesh"):
+        raise ValueError(f"geometry must be 'gaussian' or 'mesh', got {geometry!r}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
@@ -133,6 +139,14 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu") -> LoadedRun:
     run = LoadedRun(run_dir, int(sd["step"]), params, meta, light, vis, meta.get("blend", "radiance"))
     if run.blend != "radiance" and not (run.has_materials and light is not None):
         raise ValueError(f"checkpoint {ckpt}: blend '{run.blend}' but the materials or the light are missing")
+    if geometry == "mesh":
+        from invrender.mesh.textured import mesh_path  # noqa: PLC0415
+
+        path = mesh_path(run_dir)
+        if not path.is_file():
+            raise FileNotFoundError(f"run {run_dir} has no mesh ({path} is missing); run the mesh stage: "
+                                    f"invrender mesh --run {run_dir} (or train with --mesh.enable)")
+        run.mesh = TexturedMesh.load(path, device)
     return run
 
 
@@ -203,6 +217,14 @@ def render_run_view(
             raise ValueError(f"run {run.run_dir} has no environment light to render blend '{blend}' with")
         mips = mips if mips is not None else _Mips()(light.resolution)
     device = run.params["means"].device
+    if run.mesh is not None:
+        from invrender.mesh.render import render_mesh_view  # noqa: PLC0415
+
+        return render_mesh_view(
+            run.mesh, light, views.viewmats[i].to(device), views.Ks[i].to(device), views.width, views.height,
+            None, blend=blend, mips=mips, tonemapping=run.tonemapping, albedo_scale=albedo_scale,
+            material_override=override or None, target_light=target, backend="auto" if backend == "gsplat" else backend,
+        )
     return render_prd(
         prd_params(run), light, views.viewmats[i].to(device), views.Ks[i].to(device), views.width, views.height,
         run.meta["sh_degree"], None, blend=blend, visibility=run.visibility, mips=mips,
@@ -227,11 +249,12 @@ def straight_rgba(rgb: Tensor, alpha: Tensor) -> Tensor:
     return torch.cat([straight.clamp(0, 1), alpha.clamp(0, 1)], dim=-1)
 
 
-def render_split(run_dir: Path, out_dir: Path, split: str = "test", backend: str = "auto") -> list[Path]:
+def render_split(run_dir: Path, out_dir: Path, split: str = "test", backend: str = "auto",
+                 geometry: str = "gaussian") -> list[Path]:
     """``invrender render``: one RGBA PNG per view, named after the view."""
     from invrender.image_io import write_png  # noqa: PLC0415
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, geometry=geometry)
     _, views = _load_split(run, split, load_gt=False)
     out_dir = Path(out_dir)
     paths = []
@@ -363,21 +386,26 @@ def evaluate_run(
     envmaps_dir: Path | None = None,
     relight: bool = True,
     figures_dir: Path | None = None,
+    geometry: str = "gaussian",
+    extra: dict | None = None,
 ) -> dict:
     """``invrender eval``: the metrics of the module docstring for a run on a split; writes
     ``out_json`` atomically, the renders (RGBA PNGs) under ``run_dir/renders/<split>`` (or
     ``renders_dir``), and the comparison grids and ``metrics.md`` under ``run_dir/eval`` (or
     ``figures_dir``). ``relight=False`` skips the relighting and the grey baseline (the slow part);
-    ``envmaps_dir`` replaces the dataset's ``envmaps/`` folder."""
+    ``envmaps_dir`` replaces the dataset's ``envmaps/`` folder. ``geometry="mesh"`` measures the mesh
+    stage's textured mesh instead of the Gaussians (default folders ``renders_mesh/`` and ``eval_mesh/``);
+    ``extra`` entries are added to the metrics as they are."""
     from invrender.image_io import write_png  # noqa: PLC0415
     from invrender.relight import load_envmap_light  # noqa: PLC0415
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, geometry=geometry)
     scene, views = _load_split(run, split)
     kind = resolve_background(run.meta.get("background", "white"), scene.white_background)
     bg = background_color(kind, "cpu")
-    renders_dir = Path(renders_dir) if renders_dir is not None else Path(run_dir) / "renders" / split
-    figures_dir = Path(figures_dir) if figures_dir is not None else Path(run_dir) / "eval"
+    suffix = "_mesh" if geometry == "mesh" else ""
+    renders_dir = Path(renders_dir) if renders_dir is not None else Path(run_dir) / f"renders{suffix}" / split
+    figures_dir = Path(figures_dir) if figures_dir is not None else Path(run_dir) / f"eval{suffix}"
     try:
         lpips_model, lpips_note = load_lpips(), None
     except LPIPSUnavailable as e:
@@ -496,7 +524,9 @@ def evaluate_run(
         "blend": run.blend,
         "preset": run.meta.get("preset"),
         "n_views": len(per_view),
+        "geometry": geometry,
         "n_gaussians": num_gaussians(run.params),
+        "n_faces": int(run.mesh.faces.shape[0]) if run.mesh is not None else None,
         "nvs_psnr": mean("psnr"),
         "nvs_psnr_obj": mean("psnr_obj"),
         "nvs_ssim": mean("ssim"),
@@ -522,6 +552,7 @@ def evaluate_run(
         "progress_mean": mean("progress_mean"),
         "progress_note": notes["progress"],
         "figures": str(figures_dir),
+        **(extra or {}),
         "per_view": per_view,
     }
 

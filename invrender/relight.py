@@ -76,6 +76,7 @@ def relight_split(
     split: str = "test",
     albedo_scale=None,
     backend: str = "auto",
+    geometry: str = "gaussian",
 ) -> list[Path]:
     """``invrender relight``: one RGBA PNG (straight alpha) per view of ``split``, named after the
     view as ``invrender render`` names them, rendered under ``envmap``. Returns the written paths."""
@@ -83,7 +84,7 @@ def relight_split(
     from invrender.image_io import write_png  # noqa: PLC0415
 
     scale = _check_albedo_scale(albedo_scale)
-    run = load_run(run_dir)
+    run = load_run(run_dir, geometry=geometry)
     # the map is checked before the (slower) dataset is read, so a typo fails at once
     light = load_envmap_light(envmap, run.light_resolution, rotation_deg, intensity)
     if run.blend == "radiance":

@@ -97,7 +97,7 @@ class PRDRender:
     depth: Tensor  # [H, W, 1] z-depth (0 where empty)
     depth_normal: Tensor  # [H, W, 3] world normal from the depth map
     alpha: Tensor  # [H, W, 1]
-    projected: Projected
+    projected: Projected | None  # None for the mesh backend
 
 
 def render_prd(
@@ -165,28 +165,10 @@ def render_prd(
                 progress=prog, visibility=vis_px)
 
     view_dirs = F.normalize(pixel_rays(K.to(means.dtype), width, height) @ viewmat[:3, :3], dim=-1)  # [H, W, 3] world
-    if blend == "radiance":
-        pbr_linear = torch.zeros_like(rad_px)
-        pbr = pbr_linear
-        blended = rad_px
-    elif target_light is not None:
-        sh = shade(g, target_light, view_dirs, mips=mips, tonemapping=tonemapping)
-        pbr_linear, pbr = sh.pbr_linear, sh.pbr
-        if blend == "pbr":
-            blended = pbr
-        else:
-            g_train = dataclasses.replace(g, albedo=albedo_learned)
-            train = shade(g_train, light, view_dirs, mips=mips, tonemapping=tonemapping).pbr_linear
-            residual = (srgb_to_linear(rad_px.clamp(0, 1)) / train.clamp(min=1e-3)).clamp(max=max_residual)
-            blended = prog * pbr + (1.0 - prog) * tonemap(pbr_linear * residual, tonemapping)
-    else:
-        sh = shade(g, light, view_dirs, mips=mips, tonemapping=tonemapping)
-        if blend == "specular":
-            pbr_linear = sh.specular
-            pbr = tonemap(pbr_linear, tonemapping)
-        else:
-            pbr_linear, pbr = sh.pbr_linear, sh.pbr
-        blended = pbr if blend == "pbr" else prog * pbr + (1.0 - prog) * rad_px
+    blended, pbr_linear, pbr = blend_shading(
+        g, light, view_dirs, blend=blend, mips=mips, tonemapping=tonemapping, target_light=target_light,
+        albedo_learned=albedo_learned, max_residual=max_residual,
+    )
     final = blended * alpha
     if background is not None:
         final = final + (1.0 - alpha) * background
@@ -195,3 +177,43 @@ def render_prd(
         final=final, radiance=rad_px, pbr=pbr, pbr_linear=pbr_linear, gbuffer=g, depth=z,
         depth_normal=depth_to_normal(z, K, viewmat), alpha=alpha, projected=proj,
     )
+
+
+def blend_shading(
+    g: GBuffer,
+    light: EnvironmentLight | None,
+    view_dirs: Tensor,  # [H, W, 3] world, camera to pixel
+    *,
+    blend: str = "prd",
+    mips: SpecularMips | None = None,
+    tonemapping: str = "srgb",
+    target_light: EnvironmentLight | None = None,
+    albedo_learned: Tensor | None = None,  # [H, W, 3] the albedo before evaluation scaling
+    max_residual: float = 4.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Shade a G-buffer and blend it with its radiance by progress: ``(blended [H, W, 3] display
+    space per surface, pbr_linear, pbr)``. Both backends (Gaussians and mesh) end here, so the
+    blend modes and the relighting residual of :func:`render_prd` mean the same on either."""
+    rad_px, prog = g.radiance, g.progress
+    if blend == "radiance":
+        pbr_linear = torch.zeros_like(rad_px)
+        return rad_px, pbr_linear, pbr_linear
+    if light is None:
+        raise ValueError(f"blend '{blend}' needs an environment light")
+    if target_light is not None:
+        sh = shade(g, target_light, view_dirs, mips=mips, tonemapping=tonemapping)
+        pbr_linear, pbr = sh.pbr_linear, sh.pbr
+        if blend == "pbr":
+            return pbr, pbr_linear, pbr
+        g_train = g if albedo_learned is None else dataclasses.replace(g, albedo=albedo_learned)
+        train = shade(g_train, light, view_dirs, mips=mips, tonemapping=tonemapping).pbr_linear
+        residual = (srgb_to_linear(rad_px.clamp(0, 1)) / train.clamp(min=1e-3)).clamp(max=max_residual)
+        return prog * pbr + (1.0 - prog) * tonemap(pbr_linear * residual, tonemapping), pbr_linear, pbr
+    sh = shade(g, light, view_dirs, mips=mips, tonemapping=tonemapping)
+    if blend == "specular":
+        pbr_linear = sh.specular
+        pbr = tonemap(pbr_linear, tonemapping)
+    else:
+        pbr_linear, pbr = sh.pbr_linear, sh.pbr
+    blended = pbr if blend == "pbr" else prog * pbr + (1.0 - prog) * rad_px
+    return blended, pbr_linear, pbr

@@ -333,9 +333,13 @@ def bake_ambient_occlusion(
     max_distance: float | None = None,
     offset: float = 2.0,
     chunk: int = 8192,
+    points: Tensor | None = None,  # [P, 3] query points instead of the Gaussians' centres
+    point_normals: Tensor | None = None,  # [P, 3] their outward normals
 ) -> Tensor:
     """Ambient occlusion [N] in [0, 1] of each Gaussian: the cosine-weighted fraction of the
-    hemisphere around its normal that sees the sky through the rest of the scene.
+    hemisphere around its normal that sees the sky through the rest of the scene. With
+    ``points`` and ``point_normals``, the AO [P] of those surface points (e.g. a mesh's vertices)
+    in the same Gaussian scene instead.
 
     Args:
         means: [N, 3] world-space centres.
@@ -351,6 +355,8 @@ def bake_ambient_occlusion(
         offset: ray start distance along the normal, in voxels, on top of twice the Gaussian's
             own standard deviation along the normal (avoids self-occlusion).
         chunk: Gaussians marched at once (memory ~ chunk x num_directions x 16 x 40 bytes).
+        points, point_normals: optional query points and unit outward normals ([P, 3] each);
+            their rays start ``offset`` voxels off the point along the normal.
 
     Returns:
         [N] float32 on ``means.device``; 1 = unoccluded, 0 = fully enclosed. See the module
@@ -374,9 +380,15 @@ def bake_ambient_occlusion(
         raise ValueError(f"offset must be >= 0 voxels, got {offset}")
     if max_distance is not None and not max_distance > 0:
         raise ValueError(f"max_distance must be > 0 or None, got {max_distance}")
+    if (points is None) != (point_normals is None):
+        raise ValueError("points and point_normals go together")
+    if points is not None:
+        if points.ndim != 2 or points.shape[1] != 3:
+            raise ValueError(f"points must be [P, 3], got {tuple(points.shape)}")
+        _check_shape("point_normals", point_normals, (points.shape[0], 3))
     device = means.device
     if n == 0:
-        return torch.empty(0, device=device, dtype=torch.float32)
+        return torch.empty(0 if points is None else points.shape[0], device=device, dtype=torch.float32)
 
     with torch.no_grad():
         means = means.detach().float()
@@ -390,9 +402,18 @@ def bake_ambient_occlusion(
         nx, ny, nz = dims
         # voxel coordinates -> grid_sample's [-1, 1] (align_corners: -1/+1 are the end voxel centres)
         to_ndc = 2.0 / torch.tensor([max(nx - 1, 1), max(ny - 1, 1), max(nz - 1, 1)], device=device).float()
-        if normals is None:
-            normals = _density_normals(volume, (means - origin) / voxel, to_ndc)
-        normals = normals.detach().float()
+        if points is not None:  # surface points: no Gaussian of their own to step out of
+            q_pts, normals = points.detach().float().to(device), point_normals.detach().float().to(device)
+            q_own = torch.zeros(q_pts.shape[0], device=device)
+        else:
+            if normals is None:
+                normals = _density_normals(volume, (means - origin) / voxel, to_ndc)
+            normals = normals.detach().float()
+            q_pts = means
+            # the Gaussian's own standard deviation along its normal: ||S R^T n||
+            nrm_all = normals / normals.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+            q_own = ((quat_to_rotmat(quats).transpose(1, 2) @ nrm_all[:, :, None]).squeeze(-1) * scales).norm(dim=-1)
+        n = q_pts.shape[0]
         # trilinear reads are nonzero up to one voxel past the end centres
         box_lo = torch.full((3,), -1.0, device=device)
         box_hi = torch.tensor([nx, ny, nz], device=device).float()
@@ -409,11 +430,8 @@ def bake_ambient_occlusion(
                 + local_dirs[None, :, 1:2] * t2[:, None]
                 + local_dirs[None, :, 2:3] * nrm[:, None]
             )  # [C, D, 3]
-            # the Gaussian's own standard deviation along its normal: ||S R^T n||
-            rot = quat_to_rotmat(quats[sl])  # [C, 3, 3]
-            own = ((rot.transpose(1, 2) @ nrm[:, :, None]).squeeze(-1) * scales[sl]).norm(dim=-1)  # [C]
-            start_vox = offset + 2.0 * own / voxel  # [C]
-            o = (means[sl] - origin) / voxel + start_vox[:, None] * nrm  # [C, 3] ray origins, voxels
+            start_vox = offset + 2.0 * q_own[sl] / voxel  # [C]
+            o = (q_pts[sl] - origin) / voxel + start_vox[:, None] * nrm  # [C, 3] ray origins, voxels
             o = o[:, None].expand_as(dirs).reshape(-1, 3)  # [R, 3]
             d = dirs.reshape(-1, 3)  # [R, 3]; unit, so one voxel of t is one voxel of distance
             t_end = _ray_box_exit(o, d, box_lo, box_hi).clamp(max=reach)  # [R]

@@ -1,0 +1,140 @@
+"""Deferred PRD rendering of a textured mesh: the mesh backend's twin of
+:func:`invrender.distill.model.render_prd`.
+
+The rasterizer (:mod:`invrender.mesh.raster`) gives per pixel the triangle, perspective-correct
+barycentrics and depth; UVs and vertex normals (and the per-vertex baked visibility) are
+interpolated, the albedo / roughness / metallic / progress / radiance textures are read in one
+mip-mapped lookup, and the resulting :class:`~invrender.shading.shade.GBuffer` goes through the
+same :func:`~invrender.distill.model.blend_shading` as the Gaussians' (same blend modes, same
+relighting residual). Gradients reach the textures, and the vertex positions through the
+barycentrics.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from invrender.cameras import pixel_rays
+from invrender.distill.model import PRDRender, blend_shading, depth_to_normal
+from invrender.mesh.raster import interpolate, rasterize, texture_lookup
+from invrender.mesh.textured import TEXTURE_CHANNELS, TEXTURE_NAMES, TexturedMesh
+from invrender.shading.light import EnvironmentLight
+from invrender.shading.prefilter import SpecularMips
+from invrender.shading.shade import GBuffer
+from invrender.splat.sh import sh_basis
+
+_SPLITS = [TEXTURE_CHANNELS[k] for k in TEXTURE_NAMES]
+
+
+def _sh_degree(num_bases: int) -> int:
+    degree = round(math.sqrt(num_bases)) - 1
+    if (degree + 1) ** 2 != num_bases or degree < 1:
+        raise ValueError(f"radiance_sh must hold (d + 1)^2 - 1 coefficients for a degree d >= 1, got {num_bases - 1}")
+    return degree
+
+
+def stack_textures(textures: dict[str, Tensor]) -> Tensor:
+    """The five textures [T, T, C_k] as one [T, T, 9] tensor, in ``TEXTURE_NAMES`` order."""
+    return torch.cat([textures[k] for k in TEXTURE_NAMES], dim=-1)
+
+
+def render_mesh(
+    vertices: Tensor,  # [V, 3] world (normalized frame)
+    faces: Tensor,  # [F, 3]
+    uvs: Tensor,  # [V, 2]
+    normals: Tensor,  # [V, 3]
+    textures: Tensor,  # [T, T, 9] albedo, roughness, metallic, progress, radiance in [0, 1]
+    light: EnvironmentLight | None,
+    viewmat: Tensor,  # [4, 4]
+    K: Tensor,  # [3, 3]
+    width: int,
+    height: int,
+    background: Tensor | None = None,  # [3]
+    *,
+    visibility: Tensor | None = None,  # [V, 1] baked ambient visibility
+    radiance_sh: Tensor | None = None,  # [V, K - 1, 3] view-dependent SH of the radiance (degrees >= 1)
+    blend: str = "prd",
+    mips: SpecularMips | None = None,
+    tonemapping: str = "srgb",
+    albedo_scale: Tensor | None = None,  # [3]
+    material_override: dict[str, float] | None = None,
+    target_light: EnvironmentLight | None = None,
+    max_residual: float = 4.0,
+    backend: str = "auto",
+) -> PRDRender:
+    """One view of a textured mesh, shaded and blended exactly as :func:`render_prd` does for
+    Gaussians (see its docstring for ``blend``, ``target_light`` and the relighting residual).
+    ``final`` is premultiplied by the (hard) coverage unless ``background`` is given.
+
+    The radiance colour is the ``radiance`` texture (its view-independent part) plus, with
+    ``radiance_sh``, a per-vertex spherical-harmonics term of degree >= 1 evaluated towards the
+    camera and interpolated: the view-dependent part that a texture cannot hold (highlights that
+    move), smooth over the surface as it is in the Gaussians' SH."""
+    if textures.ndim != 3 or textures.shape[-1] != sum(_SPLITS):
+        raise ValueError(f"textures must be [T, T, {sum(_SPLITS)}], got {tuple(textures.shape)}")
+    rast = rasterize(vertices, faces, viewmat, K, width, height, backend=backend)
+    alpha = rast.mask  # [H, W, 1]
+    uv = interpolate(uvs, faces, rast)  # [H, W, 2]
+    texels = texture_lookup(textures, uv, tri_id=rast.tri_id) * alpha  # [H, W, 9]
+    albedo, rough, metal, prog, rad = texels.split(_SPLITS, dim=-1)
+    if radiance_sh is not None:
+        degree = _sh_degree(radiance_sh.shape[1] + 1)
+        cam_center = -viewmat[:3, :3].T.to(vertices.dtype) @ viewmat[:3, 3].to(vertices.dtype)  # [3]
+        dirs = F.normalize(vertices.detach() - cam_center, dim=-1)  # [V, 3] camera to vertex
+        basis = sh_basis(degree, dirs)[:, 1:]  # [V, K - 1]
+        view_dep = (basis[:, :, None] * radiance_sh).sum(dim=1)  # [V, 3]
+        rad = (rad + interpolate(view_dep, faces, rast)).clamp(0, 1) * alpha
+    view_dirs = F.normalize(pixel_rays(K.to(vertices.dtype), width, height) @ viewmat[:3, :3].to(vertices.dtype), dim=-1)
+    nrm = F.normalize(interpolate(normals, faces, rast), dim=-1, eps=1e-12)  # [H, W, 3]
+    # a closed mesh only shows front faces; where interpolation tilts a normal past the view
+    # (silhouettes of coarse meshes) shading it from behind would go black: face it to the camera
+    facing = (nrm * view_dirs).sum(-1, keepdim=True)
+    nrm = torch.where(facing > 0, nrm - 2.0 * facing * view_dirs, nrm)
+    nrm = F.normalize(nrm, dim=-1, eps=1e-12) * alpha
+    vis = interpolate(visibility, faces, rast).clamp(0, 1) if visibility is not None else alpha
+    if material_override:
+        vals = {"albedo": albedo, "roughness": rough, "metallic": metal, "progress": prog}
+        for k, v in material_override.items():
+            vals[k] = torch.full_like(vals[k], float(v)) * alpha
+        albedo, rough, metal, prog = vals["albedo"], vals["roughness"], vals["metallic"], vals["progress"]
+    albedo_learned = albedo
+    if albedo_scale is not None:
+        albedo = (albedo * albedo_scale).clamp(0, 1)
+    if blend == "specular":
+        metal = torch.ones_like(metal)
+    g = GBuffer(albedo=albedo, roughness=rough, metallic=metal, normal=nrm, alpha=alpha, radiance=rad,
+                progress=prog, visibility=vis)
+    blended, pbr_linear, pbr = blend_shading(
+        g, light, view_dirs, blend=blend, mips=mips, tonemapping=tonemapping, target_light=target_light,
+        albedo_learned=albedo_learned, max_residual=max_residual,
+    )
+    final = blended * alpha
+    if background is not None:
+        final = final + (1.0 - alpha) * background
+    return PRDRender(
+        final=final, radiance=rad, pbr=pbr, pbr_linear=pbr_linear, gbuffer=g, depth=rast.depth,
+        depth_normal=depth_to_normal(rast.depth, K, viewmat), alpha=alpha, projected=None,
+    )
+
+
+def render_mesh_view(
+    mesh: TexturedMesh,
+    light: EnvironmentLight | None,
+    viewmat: Tensor,
+    K: Tensor,
+    width: int,
+    height: int,
+    background: Tensor | None = None,
+    *,
+    visibility: Tensor | None = None,
+    **kwargs,
+) -> PRDRender:
+    """:func:`render_mesh` of a :class:`TexturedMesh` (its own textures, the given light)."""
+    tex = stack_textures({k: getattr(mesh, k) for k in TEXTURE_NAMES})
+    vis = visibility if visibility is not None else mesh.visibility
+    return render_mesh(mesh.vertices, mesh.faces, mesh.uvs, mesh.normals, tex, light, viewmat, K, width, height,
+                       background, visibility=vis, radiance_sh=mesh.radiance_sh, **kwargs)
