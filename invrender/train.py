@@ -25,7 +25,9 @@ from invrender.checkpoint import atomic_torch_save, atomic_write_bytes, checkpoi
 from invrender.checkpoint import load_checkpoint, prune_checkpoints
 from invrender.color import linear_to_srgb
 from invrender.distill.schedule import DistillConfig
+from invrender.mesh.stage import MeshConfig
 from invrender.metrics import psnr, ssim
+from invrender.prior.config import PriorConfig
 from invrender.splat.gaussians import PARAM_NAMES, init_gaussians, num_gaussians, random_points, render_view
 from invrender.splat.strategy import DensifyStrategy
 
@@ -98,6 +100,12 @@ class TrainConfig:
     lr: LearningRates = field(default_factory=LearningRates)
     distill: DistillConfig = field(default_factory=DistillConfig)
     """Stages 2-4 of PRD (specular, diffuse, joint): lengths, weights, learning rates."""
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    """Optional mesh stage after the Gaussian stages (``--mesh.enable``): extraction, UV textures trained
+    with the same shading and progress, ``RUN/mesh/textured_mesh.pt``, ``RUN/metrics_mesh.json``."""
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    """Optional StableMaterial diffusion prior on the materials (off unless ``--prior.path`` is given;
+    needs ``pip install -e ".[prior]"``)."""
     strategy: DensifyStrategy = field(
         default_factory=lambda: DensifyStrategy(
             refine_start_iter=300, refine_stop_iter=4000, reset_every=1500, refine_every=100, max_gaussians=200_000
@@ -363,4 +371,26 @@ def train(cfg: TrainConfig) -> Trainer:
 
     trainer = PRDTrainer(cfg)
     trainer.train()
+    if cfg.mesh.enable:
+        from invrender.mesh.stage import run_mesh_stage  # noqa: PLC0415
+
+        mesh_cfg = dataclasses.replace(cfg.mesh, progress=cfg.mesh.progress and cfg.progress)
+        summary = run_mesh_stage(cfg.out, mesh_cfg, backend=cfg.backend, resume=cfg.resume, evaluate=cfg.eval_at_end)
+        print(format_mesh_summary(summary))
     return trainer
+
+
+def format_mesh_summary(summary: dict) -> str:
+    """One paragraph on the mesh stage: size, Chamfer to the ground truth, the main metrics."""
+    lines = [f"mesh stage: {summary['faces']} faces, {summary['vertices']} vertices in {summary['stage_s']} s "
+             f"-> {summary['mesh']}"]
+    ch = summary.get("chamfer")
+    if ch:
+        lines.append(f"  Chamfer to {ch['gt']}: {ch['chamfer']:.4f} ({ch['chamfer_pct_diagonal']:.2f} % of the "
+                     f"bounding-box diagonal; accuracy {ch['accuracy']:.4f}, completeness {ch['completeness']:.4f})")
+    for k, v in (summary.get("metrics") or {}).items():
+        if isinstance(v, dict):
+            v = v.get("mean")
+        if v is not None:
+            lines.append(f"  {k}: {v:.3f}")
+    return "\n".join(lines)

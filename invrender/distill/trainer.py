@@ -52,6 +52,13 @@ class PRDTrainer(Trainer):
         self.visibility: Tensor | None = None  # [N, 1]
         self._mips = None
         self.last_bake_s: float | None = None
+        self.prior = None  # StableMaterial guidance, loaded once here when --prior.path is set
+        if cfg.prior.enabled:
+            from invrender.prior.guidance import MaterialPrior, prior_window  # noqa: PLC0415  (diffusers: only when on)
+
+            window = prior_window(self.schedule, cfg.prior.start_stage)
+            self.prior = MaterialPrior(cfg.prior, self.device, window, seed=cfg.seed)
+            self._say(f"prior: {self.prior.describe()}, steps {window[0]}-{window[1]} every {cfg.prior.every}")
 
     def _say(self, msg: str) -> None:
         if self.cfg.progress:
@@ -114,6 +121,8 @@ class PRDTrainer(Trainer):
             sd["light_opt"] = self.light_opt.state_dict()
         if self.visibility is not None:
             sd["visibility"] = self.visibility.cpu()
+        if self.prior is not None:
+            sd["prior"] = self.prior.state_dict()
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
@@ -123,6 +132,8 @@ class PRDTrainer(Trainer):
             self.light.load_state_dict(sd["light"])
             self.light_opt.load_state_dict(sd["light_opt"])
         self.visibility = sd["visibility"].to(self.device) if "visibility" in sd else None
+        if self.prior is not None and "prior" in sd:
+            self.prior.load_state_dict(sd["prior"])
 
     def save_checkpoint(self):
         path = super().save_checkpoint()
@@ -248,6 +259,11 @@ class PRDTrainer(Trainer):
                 loss_l = white_light_prior(self.light)
                 loss = loss + d.lambda_light * loss_l
                 terms["light"] = float(loss_l.detach())
+        if self.prior is not None and self.prior.applies(step):
+            loss_prior = self.prior.gaussian_loss(self.params, self.viewmats[i], self.Ks[i], self.width, self.height,
+                                                  self.gt_rgb[i], gt_a, step, view=i, backend=cfg.backend)
+            loss = loss + cfg.prior.weight * loss_prior
+            terms["prior"] = float(loss_prior.detach())
         if not torch.isfinite(loss):
             raise NonFiniteError(
                 f"step {step} ({stage}): loss is {loss.item()} (view {i}, terms {terms}); last checkpoint in {self.out}"
