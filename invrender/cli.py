@@ -1,15 +1,18 @@
-"""The ``invrender`` command line: ``train | render | relight | eval`` (tyro subcommands)."""
+"""The ``invrender`` command line: ``train | render | relight | eval | mesh | export | view`` (tyro subcommands)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import tyro
 
+from invrender.mesh.stage import MeshConfig
 from invrender.train import TrainConfig
+from invrender.viewer.app import ViewerConfig
 
 
 @dataclass
@@ -22,6 +25,8 @@ class RenderConfig:
     """Output folder for the PNGs."""
     split: Literal["train", "test"] = "test"
     backend: Literal["auto", "native", "torch", "gsplat"] = "auto"
+    geometry: Literal["gaussian", "mesh"] = "gaussian"
+    """Render the Gaussians or the mesh stage's textured mesh (RUN/mesh/textured_mesh.pt)."""
 
 
 @dataclass
@@ -44,6 +49,8 @@ class RelightConfig:
     """Per-channel albedo multiplier R G B, e.g. the ``albedo_scale`` that ``invrender eval`` wrote to metrics.json."""
     backend: Literal["auto", "native", "torch", "gsplat"] = "auto"
     """Rasterizer backend."""
+    geometry: Literal["gaussian", "mesh"] = "gaussian"
+    """Relight the Gaussians or the mesh stage's textured mesh."""
 
 
 @dataclass
@@ -61,9 +68,43 @@ class EvalConfig:
     relight: bool = True
     """Measure relighting and the grey-material baseline (the slow part; --no-relight skips it)."""
     figures: Path | None = None
-    """Folder for the comparison grids and metrics.md (default: RUN/eval)."""
+    """Folder for the comparison grids and metrics.md (default: RUN/eval, RUN/eval_mesh for the mesh)."""
     backend: Literal["auto", "native", "torch", "gsplat"] = "auto"
     """Rasterizer backend."""
+    geometry: Literal["gaussian", "mesh"] = "gaussian"
+    """Measure the Gaussians or the mesh stage's textured mesh (default out: RUN/metrics_mesh.json)."""
+
+
+@dataclass
+class MeshCommandConfig:
+    """Run the mesh stage on a trained run: extract a mesh, train its UV textures, measure it."""
+
+    run: Path
+    """Run folder written by ``invrender train`` (it must have reached the PRD stages)."""
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    """Extraction, texture size, steps and weights of the mesh stage (``--mesh.enable`` is implied)."""
+    resume: bool = False
+    """Continue from RUN/mesh/ckpt.pt instead of extracting again."""
+    eval: bool = True
+    """Measure the mesh on the test views (RUN/metrics_mesh.json, RUN/eval_mesh/) at the end."""
+    backend: Literal["auto", "native", "torch", "gsplat"] = "auto"
+    """Rasterizer backend (Gaussians for the extraction; the mesh uses native on CPU, nvdiffrast on CUDA)."""
+
+
+@dataclass
+class ExportConfig:
+    """Export a trained run in the capture's frame: mesh (.glb, .obj), splats (.ply) or light (.hdr/.exr)."""
+
+    run: Path
+    """Run folder written by ``invrender train``."""
+    format: Literal["glb", "obj", "ply", "envmap"]
+    """glb / obj: the textured mesh (needs the mesh stage); ply: 3DGS splats + materials; envmap: the learned light."""
+    out: Path
+    """Output file: .glb, .obj (its .mtl and PNG textures go beside it), .ply, or .hdr / .exr for envmap."""
+    envmap_height: int = 256
+    """Rows of the equirectangular environment map (its width is twice this)."""
+    up: Literal["z", "y"] = "z"
+    """The capture's up axis; glb files rotate it onto glTF's +Y up (z: NeRF-synthetic / TensoIR / Blender)."""
 
 
 def _train(cfg: TrainConfig) -> None:
@@ -75,7 +116,7 @@ def _train(cfg: TrainConfig) -> None:
 def _render(cfg: RenderConfig) -> None:
     from invrender.eval import render_split  # noqa: PLC0415
 
-    paths = render_split(cfg.run, cfg.out, cfg.split, cfg.backend)
+    paths = render_split(cfg.run, cfg.out, cfg.split, cfg.backend, geometry=cfg.geometry)
     print(f"wrote {len(paths)} images to {cfg.out}")
 
 
@@ -84,7 +125,7 @@ def _relight(cfg: RelightConfig) -> None:
 
     paths = relight_split(
         cfg.run, cfg.envmap, cfg.out, rotation_deg=cfg.rotation, intensity=cfg.intensity, split=cfg.split,
-        albedo_scale=cfg.albedo_scale, backend=cfg.backend,
+        albedo_scale=cfg.albedo_scale, backend=cfg.backend, geometry=cfg.geometry,
     )
     print(f"wrote {len(paths)} images relit by {cfg.envmap} to {cfg.out}")
 
@@ -92,11 +133,38 @@ def _relight(cfg: RelightConfig) -> None:
 def _eval(cfg: EvalConfig) -> None:
     from invrender.eval import evaluate_run, format_summary  # noqa: PLC0415
 
-    out = cfg.out or Path(cfg.run) / "metrics.json"
+    out = cfg.out or Path(cfg.run) / ("metrics_mesh.json" if cfg.geometry == "mesh" else "metrics.json")
     m = evaluate_run(cfg.run, out, cfg.split, cfg.backend, envmaps_dir=cfg.envmaps, relight=cfg.relight,
-                     figures_dir=cfg.figures)
+                     figures_dir=cfg.figures, geometry=cfg.geometry)
     print(format_summary(m))
     print(f"wrote {out}; figures and metrics.md in {m['figures']}")
+
+
+def _mesh(cfg: MeshCommandConfig) -> None:
+    from invrender.mesh.stage import run_mesh_stage  # noqa: PLC0415
+    from invrender.train import format_mesh_summary  # noqa: PLC0415
+
+    summary = run_mesh_stage(cfg.run, dataclasses.replace(cfg.mesh, enable=True), backend=cfg.backend,
+                             resume=cfg.resume, evaluate=cfg.eval)
+    print(format_mesh_summary(summary))
+
+
+def _export(cfg: ExportConfig) -> None:
+    from invrender.export.run import export_run  # noqa: PLC0415
+
+    paths = export_run(cfg.run, cfg.format, cfg.out, envmap_height=cfg.envmap_height, up=cfg.up)
+    extra = f" (+ {len(paths) - 1} files beside it)" if len(paths) > 1 else ""
+    print(f"wrote {cfg.format} export to {paths[-1]}{extra}")
+
+
+def _view(cfg: ViewerConfig) -> None:
+    from invrender.viewer.app import run_viewer  # noqa: PLC0415
+
+    try:
+        run_viewer(cfg)
+    except ImportError as e:  # the [viewer] extra is missing: say so in one line
+        print(f"invrender view: error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 COMMANDS = {
@@ -104,6 +172,9 @@ COMMANDS = {
     "render": (RenderConfig, _render),
     "relight": (RelightConfig, _relight),
     "eval": (EvalConfig, _eval),
+    "mesh": (MeshCommandConfig, _mesh),
+    "export": (ExportConfig, _export),
+    "view": (ViewerConfig, _view),
 }
 
 
