@@ -101,6 +101,16 @@ def test_clean_mesh_drops_floaters_and_degenerate_faces():
     assert clean.vertices.shape[0] == n
 
 
+def test_vertex_normals_are_unit_where_faces_cancel():
+    # a fin: two triangles on the same edge pair with opposite windings cancel at their shared
+    # vertices; an unused vertex has no face at all
+    v = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [5, 5, 5]])
+    f = torch.tensor([[0, 1, 2], [0, 2, 1]])
+    n = vertex_normals(v, f)
+    assert torch.allclose(n.norm(dim=-1), torch.ones(4))
+    assert abs(float(n[0, 2])) == 1.0 and torch.equal(n[3], torch.tensor([0.0, 0.0, 1.0]))
+
+
 def test_tsdf_without_surface_is_a_clear_error():
     with pytest.raises(ValueError, match="no surface"):
         marching_cubes(torch.ones(8, 8, 8), torch.zeros(3), 0.1)

@@ -90,3 +90,44 @@ def test_compare_presets_table_from_finished_runs(tmp_path):
          "progress_mean": 0.8}
     row = c._row("prd", m, 600.0)
     assert row.startswith("| prd | 30.00 | 25.00 | 20.00 | 15.00 | 12.00 | 18.00 | 9.0 | 0.800 | 10.0 |")
+
+
+def test_gpu_check_dry_run_report(tmp_path):
+    # the GPU check script's CPU half: tool checks, nvcc compile, the gpu tests (skipping),
+    # tiny CPU benchmarks and training; every GPU step is recorded as skipped with a reason.
+    # ~40 s with the native CPU extension cached, ~90 s when a step has to (re)build it
+    import os
+    import shutil
+
+    out = tmp_path / "gpu_out"
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
+    r = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", "--out", str(out), "--budget-s", "150",
+         "--python", sys.executable], capture_output=True, text=True, timeout=240, cwd=ROOT, env=env,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = json.loads((out / "gpu_report.json").read_text())
+    md = (out / "gpu_report.md").read_text()
+    steps = {s["name"]: s for s in report["steps"]}
+    assert report["dry_run"] and report["result"] == "ok" and not report["budget_skipped_steps"]
+    gpu_steps = {"cuda_ext_build", "gpu_tests", "backend_warmup", "bench_splat", "bench_mesh", "train_toybox",
+                 "train_scene"}
+    assert gpu_steps <= {n for n, s in steps.items() if s["gpu"]}
+    for name in gpu_steps:
+        assert steps[name]["status"] == "skipped" and steps[name]["reason"], steps[name]
+    assert steps["gpu_tests"]["result"]["collected"] >= 1
+    assert steps["gpu_tests"]["result"]["passed"] == 0
+    assert steps["environment"]["status"] == "ok"
+    assert steps["nvcc_compile"]["status"] == ("ok" if shutil.which("nvcc") else "skipped")
+    for name in ("bench_splat_cpu_tiny", "bench_mesh_cpu_tiny", "train_cpu_tiny"):
+        assert steps[name]["status"] == "ok", steps[name]
+    splat = {c["backend"]: c for c in steps["bench_splat_cpu_tiny"]["result"]["cases"]}
+    assert splat["native"]["iter_ms"] > 0 and splat["gsplat"]["status"] == "skipped"
+    mesh = {c["backend"]: c for c in steps["bench_mesh_cpu_tiny"]["result"]["cases"]}
+    assert mesh["native"]["frame_ms"] > 0 and mesh["nvdiffrast"]["status"] == "skipped"
+    assert steps["train_cpu_tiny"]["result"]["trained_steps"] == 29
+    assert (out / "train_cpu_tiny" / "metrics.json").exists()
+    # GPU figures are reported as not measured, never as numbers
+    for f in report["figures"]:
+        assert f["value"] is None and f["note"].startswith("not measured"), f
+    assert "not measured" in md and "| bench_splat | yes | skipped |" in md

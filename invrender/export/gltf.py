@@ -66,6 +66,9 @@ def mesh_arrays(mesh) -> dict[str, np.ndarray]:
     mirrors, which the readers never do)."""
     positions = mesh.vertices_capture_frame().detach().cpu().double()
     normals = torch.nn.functional.normalize(mesh.normals_capture_frame().detach().cpu().double(), dim=-1)
+    # glTF requires unit normals: a zero or non-finite one (a degenerate fin) becomes +z
+    bad = ~torch.isfinite(normals).all(dim=-1, keepdim=True) | (normals.norm(dim=-1, keepdim=True) < 0.5)
+    normals = torch.where(bad, torch.tensor([0.0, 0.0, 1.0], dtype=normals.dtype), normals)
     faces = mesh.faces.detach().cpu().numpy().astype(np.int64)
     if float(torch.linalg.det(mesh.normalization.double()[:3, :3])) < 0:
         faces = faces[:, ::-1]

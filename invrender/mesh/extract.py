@@ -165,12 +165,24 @@ def face_normals(vertices: Tensor, faces: Tensor) -> Tensor:
 
 
 def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:
-    """Area-weighted unit vertex normals [V, 3]."""
+    """Area-weighted unit vertex normals [V, 3]. Where the incident faces cancel (a fin left by
+    decimation) one incident face's normal is used, and a vertex without faces gets +z: every
+    normal is unit length, as glTF requires."""
     fn = face_normals(vertices, faces)  # [F, 3]
     vn = torch.zeros_like(vertices)
     for i in range(3):
         vn.index_add_(0, faces[:, i], fn)
-    return torch.nn.functional.normalize(vn, dim=-1, eps=1e-12)
+    length = vn.norm(dim=-1, keepdim=True)
+    total = float(length.sum())
+    bad = length <= 1e-9 * (total / max(vertices.shape[0], 1) + 1e-30)  # [V, 1]
+    if bool(bad.any()):
+        one_face = torch.zeros_like(vertices)
+        for i in range(3):
+            one_face[faces[:, i]] = fn  # any incident face will do (the last write wins)
+        vn = torch.where(bad, one_face, vn)
+        length = vn.norm(dim=-1, keepdim=True)
+        vn = torch.where(length > 0, vn, torch.tensor([0.0, 0.0, 1.0], dtype=vn.dtype).expand_as(vn))
+    return torch.nn.functional.normalize(vn, dim=-1, eps=1e-30)
 
 
 def clean_mesh(mesh: RawMesh, min_component_fraction: float = 0.05) -> RawMesh:

@@ -3,7 +3,7 @@
 
 Nothing is compiled at import time: :func:`load_extension` builds on first call with
 ``torch.utils.cpp_extension.load`` and caches the result under
-``$INVRENDER_CACHE/torch_extensions/<variant>`` (default ``~/.cache/invrender``). Two variants
+``$INVRENDER_CACHE/torch_extensions/<variant>/<hash of the source folder>`` (default ``~/.cache/invrender``). Two variants
 exist, built from the same portable kernel sources ``cuda/raster.h``, ``cuda/project.h`` and
 ``cuda/mesh_raster.h``:
 
@@ -20,6 +20,7 @@ Because of ``-march=native`` the cache key includes the machine name.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 import shutil
@@ -91,7 +92,11 @@ def load_extension(variant: str = "cpu") -> ModuleType:
         name = "invrender_raster_cuda"
     else:
         raise ValueError(f"variant must be 'cpu' or 'cuda', got {variant!r}")
-    build = cache_dir(variant)
+    # one build folder per source checkout: two checkouts sharing the cache (a CI clone beside a
+    # working tree) would otherwise differ only in their -I path and rebuild each other's module
+    tag = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:8]
+    name = f"{name}_{tag}"
+    build = cache_dir(variant) / tag
     build.mkdir(parents=True, exist_ok=True)
     try:
         return cpp_extension.load(
