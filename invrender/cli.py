@@ -11,6 +11,7 @@ from typing import Literal
 import tyro
 
 from invrender.mesh.stage import MeshConfig
+from invrender.prior.config import PriorConfig
 from invrender.train import TrainConfig
 from invrender.viewer.app import ViewerConfig
 
@@ -89,6 +90,8 @@ class MeshCommandConfig:
     """Measure the mesh on the test views (RUN/metrics_mesh.json, RUN/eval_mesh/) at the end."""
     backend: Literal["auto", "native", "torch", "gsplat"] = "auto"
     """Rasterizer backend (Gaussians for the extraction; the mesh uses native on CPU, nvdiffrast on CUDA)."""
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    """Optional StableMaterial prior on the textures' albedo / ORM (``--prior.path``; ``[prior]`` extra)."""
 
 
 @dataclass
@@ -145,7 +148,7 @@ def _mesh(cfg: MeshCommandConfig) -> None:
     from invrender.train import format_mesh_summary  # noqa: PLC0415
 
     summary = run_mesh_stage(cfg.run, dataclasses.replace(cfg.mesh, enable=True), backend=cfg.backend,
-                             resume=cfg.resume, evaluate=cfg.eval)
+                             resume=cfg.resume, evaluate=cfg.eval, prior=cfg.prior)
     print(format_mesh_summary(summary))
 
 

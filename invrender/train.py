@@ -375,7 +375,8 @@ def train(cfg: TrainConfig) -> Trainer:
         from invrender.mesh.stage import run_mesh_stage  # noqa: PLC0415
 
         mesh_cfg = dataclasses.replace(cfg.mesh, progress=cfg.mesh.progress and cfg.progress)
-        summary = run_mesh_stage(cfg.out, mesh_cfg, backend=cfg.backend, resume=cfg.resume, evaluate=cfg.eval_at_end)
+        summary = run_mesh_stage(cfg.out, mesh_cfg, backend=cfg.backend, resume=cfg.resume, evaluate=cfg.eval_at_end,
+                                 prior=cfg.prior)
         print(format_mesh_summary(summary))
     return trainer
 

@@ -227,11 +227,19 @@ def test_mesh_stage_end_to_end_cli(embedded_scene, tmp_path):
     log = [json.loads(x) for x in (run / "mesh" / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 6 and all(math.isfinite(x["loss"]) for x in log)
 
-    # resume continues from the stage's checkpoint without extracting again
+    # resume continues from the stage's checkpoint without extracting again, here with the
+    # StableMaterial prior (a tiny random model of its shape) on the textures
+    from invrender.prior.tiny import save_tiny_stablematerial
+
+    tiny_prior = save_tiny_stablematerial(tmp_path / "prior")
     r = subprocess.run(cmd + ["mesh", "--run", str(run), "--resume", "--no-eval", *tiny[:-5],
-                              "--mesh.steps", "8", "--mesh.no-progress"], capture_output=True, text=True, timeout=600)
+                              "--mesh.steps", "8", "--mesh.no-progress", "--prior.path", str(tiny_prior),
+                              "--prior.resolution", "32", "--prior.loss", "sds"],
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "resumed at step 6" in r.stdout
+    log = [json.loads(x) for x in (run / "mesh" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 8 and math.isfinite(log[-1]["prior"])
     again = TexturedMesh.load(run / "mesh" / "textured_mesh.pt")
     assert torch.equal(again.faces, mesh.faces) and not torch.equal(again.albedo, mesh.albedo)
 

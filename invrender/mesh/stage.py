@@ -101,7 +101,7 @@ def fill_texture(values: Tensor, weight: Tensor) -> Tensor:
 class MeshStage:
     """Extraction + texture training for one finished run folder (see the module docstring)."""
 
-    def __init__(self, run_dir: Path, cfg: MeshConfig, backend: str = "auto"):
+    def __init__(self, run_dir: Path, cfg: MeshConfig, backend: str = "auto", prior=None):
         from invrender.eval import _Mips, _load_split, load_run  # noqa: PLC0415
         from invrender.train import background_color, resolve_background  # noqa: PLC0415
 
@@ -117,6 +117,12 @@ class MeshStage:
         self.bg = background_color("white" if kind == "random" else kind, "cpu")
         self.mips = _Mips()(self.run.light.resolution)
         self.step = 0
+        self.prior = None  # StableMaterial guidance on the textures' albedo / ORM (``--prior.path``)
+        if prior is not None and prior.enabled:
+            from invrender.prior.guidance import MaterialPrior  # noqa: PLC0415  (diffusers: only when on)
+
+            self.prior = MaterialPrior(prior, "cpu", window=(1, max(cfg.steps, 1)), seed=cfg.seed)
+            print(f"mesh stage prior: {self.prior.describe()}, every {prior.every} steps")
         self.dir = self.run_dir / "mesh"
         self.ckpt = self.dir / "ckpt.pt"
 
@@ -193,6 +199,7 @@ class MeshStage:
             "normals": self.normals, "visibility": self.visibility, "logits": self.logits.detach(),
             "radiance_sh": None if self.radiance_sh is None else self.radiance_sh.detach(),
             "opt": self.opt.state_dict(), "info": self.info, "rng": torch.get_rng_state(),
+            **({"prior": self.prior.state_dict()} if self.prior is not None else {}),
         }
 
     def load_state_dict(self, sd: dict) -> None:
@@ -205,6 +212,8 @@ class MeshStage:
         self.opt = self._make_optimizer()
         self.opt.load_state_dict(sd["opt"])
         torch.set_rng_state(sd["rng"])
+        if self.prior is not None and "prior" in sd:
+            self.prior.load_state_dict(sd["prior"])
         self.ref, self.ref_alpha = self._reference_buffers()
 
     def save_checkpoint(self) -> None:
@@ -235,6 +244,14 @@ class MeshStage:
         both = (out.alpha * (self.ref_alpha[i] > 0.5)).expand_as(pred)
         loss_distill = ((pred - self.ref[i]).abs() * both).sum() / both.sum().clamp(min=1.0)
         loss = loss_rgb + self.cfg.lambda_distill * loss_distill
+        terms = {}
+        if self.prior is not None and self.prior.applies(self.step + 1):
+            # the same interface as on the Gaussians: this view's albedo / ORM maps and its photo
+            orm = torch.cat([torch.zeros_like(g.roughness), g.roughness, g.metallic], dim=-1)  # [H, W, 3]
+            loss_prior = self.prior.loss(g.albedo, orm, out.alpha * a, linear_to_srgb(views.images[i]),
+                                         fraction=self.prior.fraction(self.step + 1), cache_key=i, photo_alpha=a)
+            loss = loss + self.prior.cfg.weight * loss_prior
+            terms["prior"] = loss_prior.item()
         if not torch.isfinite(loss):
             from invrender.train import NonFiniteError  # noqa: PLC0415
 
@@ -246,7 +263,7 @@ class MeshStage:
         with torch.no_grad():
             mse = ((out.final - gt) ** 2).mean()
         return {"step": self.step, "loss": loss.item(), "loss_rgb": loss_rgb.item(),
-                "loss_distill": loss_distill.item(), "psnr": float(-10 * torch.log10(mse.clamp(min=1e-10)))}
+                "loss_distill": loss_distill.item(), "psnr": float(-10 * torch.log10(mse.clamp(min=1e-10))), **terms}
 
     def result(self) -> TexturedMesh:
         tex = self.textures().detach().split(_SPLITS, dim=-1)
@@ -317,10 +334,12 @@ def mesh_chamfer(run_dir: Path, mesh: TexturedMesh) -> dict | None:
 
 
 def run_mesh_stage(run_dir: Path, cfg: MeshConfig, backend: str = "auto", resume: bool = False,
-                   evaluate: bool = True) -> dict:
+                   evaluate: bool = True, prior=None) -> dict:
     """The whole stage on a finished run: train, save, measure (Chamfer + the evaluation of
-    ``invrender eval --geometry mesh``, written to RUN/metrics_mesh.json). Returns the summary."""
-    stage = MeshStage(run_dir, cfg, backend)
+    ``invrender eval --geometry mesh``, written to RUN/metrics_mesh.json). Returns the summary.
+    ``prior``: a :class:`~invrender.prior.config.PriorConfig`; when enabled, the StableMaterial
+    prior regularizes the textures' albedo and ORM as it does the Gaussians' materials."""
+    stage = MeshStage(run_dir, cfg, backend, prior=prior)
     t0 = time.perf_counter()
     mesh = stage.train(resume=resume)
     summary = {"mesh": str(mesh_path(run_dir)), **stage.info, "stage_s": round(time.perf_counter() - t0, 1)}
