@@ -172,7 +172,7 @@ def test_render_mesh_blends_like_the_gaussians_and_gets_gradients():
     # a relit render differs from the training light's
     bright = EnvironmentLight(8, init_radiance=2.0)
     relit = render_mesh(v, f, uv, n, tex.detach(), light, vm, K, 32, 32, blend="prd", mips=mips, target_light=bright)
-    assert float(relit.final[cov].mean()) > float(prd.final.detach()[cov].mean())
+    assert float(relit.final.detach()[cov].mean()) > float(prd.final.detach()[cov].mean())
 
 
 def test_textured_mesh_roundtrip_and_validation(tmp_path):
