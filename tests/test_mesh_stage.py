@@ -265,3 +265,31 @@ def test_mesh_stage_end_to_end_cli(embedded_scene, tmp_path):
                               "mesh"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (out / "test_000.png").exists()
+
+
+def test_vertex_values_baked_into_the_atlas_and_the_glb_occlusion(tmp_path):
+    from invrender.export.gltf import read_glb, write_glb
+    from invrender.mesh.render import bake_vertex_values
+
+    v, f, uv, n = _quad_mesh()
+    # the quad's UVs cover the whole atlas: a value linear in u comes back linear at texel centres
+    vals = uv[:, :1].clone()  # [4, 1] = u
+    tex = bake_vertex_values(uv, f, vals, 16)
+    centres = (torch.arange(16, dtype=torch.float32) + 0.5) / 16
+    assert torch.allclose(tex[..., 0], centres[None, :].expand(16, 16), atol=1e-5)
+
+    # a mesh whose charts leave most of the atlas empty: the holes are filled, the chart kept
+    small_uv = uv * 0.25 + 0.1
+    tex = bake_vertex_values(small_uv, f, torch.full((4, 1), 0.3), 32)
+    assert torch.allclose(tex, torch.full_like(tex, 0.3), atol=1e-6)
+
+    # the GLB carries the per-vertex visibility as the ORM's R channel + occlusionTexture
+    T = 16
+    vis = torch.tensor([[0.2], [0.9], [0.9], [0.2]])
+    mesh = TexturedMesh(v, f, uv, n, albedo=torch.full((T, T, 3), 0.5), roughness=torch.full((T, T, 1), 0.4),
+                        metallic=torch.zeros(T, T, 1), progress=torch.ones(T, T, 1), radiance=torch.zeros(T, T, 3),
+                        normalization=torch.eye(4), visibility=vis)
+    back = read_glb(write_glb(tmp_path / "q.glb", mesh))
+    assert back.visibility is not None
+    # read bilinearly at the vertex UVs (texel-centre clamped at the atlas border): within a texel's slope
+    assert torch.allclose(back.visibility, vis, atol=0.7 / T + 1 / 255)

@@ -9,8 +9,10 @@ What the file holds (one scene, one node, one mesh, one primitive, one material)
   accessor alignment rule (offset a multiple of the component size) for all of them.
 - A metallic-roughness material with ``metallicFactor = roughnessFactor = 1`` and two PNG
   textures: ``baseColorTexture`` in sRGB (the linear albedo encoded with the sRGB OETF) and
-  ``metallicRoughnessTexture`` in linear 8-bit with G = roughness, B = metallic and R = 255
-  (glTF leaves R to an occlusion map; this file has none).
+  ``metallicRoughnessTexture`` in linear 8-bit with G = roughness, B = metallic and R = the
+  mesh's baked ambient occlusion (per-vertex visibility painted through the UV layout), which
+  the material's ``occlusionTexture`` points at (the usual packed ORM image); R = 255 and no
+  ``occlusionTexture`` for a mesh without visibility.
 - Vertex data are in the capture's frame (the reader's normalization undone). glTF's world is
   +Y up; with ``up="z"`` (NeRF-synthetic, TensoIR, Blender captures) the node carries a
   -90 degree rotation about X, which takes the capture's +Z to glTF's +Y, so that viewers show
@@ -49,13 +51,21 @@ def _pad4(b: bytes, fill: bytes = b"\0") -> bytes:
 
 
 def material_images(mesh) -> tuple[np.ndarray, np.ndarray]:
-    """The two texture images as uint8: base colour ``[T, T, 3]`` sRGB and metallic-roughness
-    ``[T, T, 3]`` linear (R = 255, G = roughness, B = metallic)."""
+    """The two texture images as uint8: base colour ``[T, T, 3]`` sRGB and occlusion-metallic-
+    roughness ``[T, T, 3]`` linear (R = ambient occlusion, or 255 when the mesh has none; G =
+    roughness, B = metallic)."""
     albedo = linear_to_srgb(mesh.albedo.detach().double().cpu().numpy())  # [T, T, 3]
     base = np.rint(np.clip(albedo, 0, 1) * 255).astype(np.uint8)
     rough = mesh.roughness.detach().double().cpu().numpy()[..., 0]  # [T, T]
     metal = mesh.metallic.detach().double().cpu().numpy()[..., 0]
-    mr = np.stack([np.ones_like(rough), rough, metal], axis=-1)
+    occ = np.ones_like(rough)
+    if getattr(mesh, "visibility", None) is not None:
+        from invrender.mesh.render import bake_vertex_values  # noqa: PLC0415
+
+        vis = mesh.visibility.detach().cpu().double()  # [V, 1] per-vertex AO of the mesh stage
+        occ = bake_vertex_values(mesh.uvs.detach().cpu(), mesh.faces.detach().cpu(), vis, rough.shape[0])
+        occ = occ.numpy()[..., 0]
+    mr = np.stack([occ, rough, metal], axis=-1)
     return base, np.rint(np.clip(mr, 0, 1) * 255).astype(np.uint8)
 
 
@@ -133,6 +143,7 @@ def glb_bytes(mesh, name: str = "invrender", up: str = "z") -> bytes:
                 "metallicFactor": 1.0,
                 "roughnessFactor": 1.0,
             },
+            **({"occlusionTexture": {"index": 1}} if getattr(mesh, "visibility", None) is not None else {}),
             "extras": {"invrender": "progress and radiance textures are not part of glTF and were not exported"},
         }],
         "textures": [{"sampler": 0, "source": 0}, {"sampler": 0, "source": 1}],
@@ -169,8 +180,9 @@ def read_glb(path: Path, normalization: torch.Tensor | None = None):
     stored in the buffer (the node's up-axis rotation is a viewing convention and is not applied),
     mapped into the training frame by ``normalization`` (capture -> normalized; identity if None);
     base colour decoded from sRGB to linear; roughness and metallic from G and B times their
-    factors; progress 1 and radiance 0 (the file holds only the physically based material), so it
-    renders as the ``pbr`` blend. Clear ``ValueError`` naming the file on anything else."""
+    factors; the occlusion texture, when there is one, read at the vertices as their visibility;
+    progress 1 and radiance 0 (the file holds only the physically based material), so it renders
+    as the ``pbr`` blend. Clear ``ValueError`` naming the file on anything else."""
     import io  # noqa: PLC0415
 
     from PIL import Image  # noqa: PLC0415
@@ -226,6 +238,14 @@ def read_glb(path: Path, normalization: torch.Tensor | None = None):
     if base.shape != mr.shape or base.shape[0] != base.shape[1]:
         raise ValueError(f"{path}: base colour {base.shape[:2]} and metallic-roughness {mr.shape[:2]} textures "
                          "must be square and the same size")
+    vis = None
+    mat = doc["materials"][prim["material"]]
+    if "occlusionTexture" in mat:  # ambient occlusion read at the vertices (the renderer's per-vertex AO)
+        from invrender.mesh.raster import texture_lookup  # noqa: PLC0415
+
+        occ_img = doc["images"][doc["textures"][mat["occlusionTexture"]["index"]]["source"]]
+        occ = np.asarray(Image.open(io.BytesIO(view_bytes(occ_img["bufferView"]))).convert("RGB"), np.float32) / 255.0
+        vis = texture_lookup(torch.from_numpy(occ[..., :1].copy()), torch.from_numpy(uv), mip=False).clamp(0, 1)
     norm = torch.eye(4) if normalization is None else normalization.float().cpu()
     p = torch.from_numpy(pos)
     n = torch.from_numpy(nrm)
@@ -242,4 +262,5 @@ def read_glb(path: Path, normalization: torch.Tensor | None = None):
         progress=torch.ones(t, t, 1),
         radiance=torch.zeros(t, t, 3),
         normalization=norm,
+        visibility=vis,
     )

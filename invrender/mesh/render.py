@@ -138,3 +138,22 @@ def render_mesh_view(
     vis = visibility if visibility is not None else mesh.visibility
     return render_mesh(mesh.vertices, mesh.faces, mesh.uvs, mesh.normals, tex, light, viewmat, K, width, height,
                        background, visibility=vis, radiance_sh=mesh.radiance_sh, **kwargs)
+
+
+@torch.no_grad()
+def bake_vertex_values(uvs: Tensor, faces: Tensor, values: Tensor, size: int) -> Tensor:
+    """Per-vertex ``values`` [V, C] painted into a ``size`` x ``size`` texture [T, T, C] through the
+    UV layout: the mesh is rasterized in UV space (texel (i, j) samples uv ((j + 0.5) / T,
+    (i + 0.5) / T), glTF orientation) and the values interpolated; texels outside every chart are
+    filled by pull-push from the charts, so bilinear and mip reads never see a hole.
+    Used to carry per-vertex data (the baked ambient occlusion) into texture-only formats."""
+    from invrender.mesh.stage import fill_texture  # noqa: PLC0415
+
+    T = int(size)
+    # UV space as a camera: positions (u T, v T, 1) seen by the identity camera with unit focal
+    # length project to pixel (u T, v T): an orthographic view of the atlas
+    flat = torch.cat([uvs.double() * T, torch.ones(uvs.shape[0], 1, dtype=torch.float64)], dim=-1)  # [V, 3]
+    K = torch.eye(3, dtype=torch.float64)
+    rast = rasterize(flat, faces, torch.eye(4, dtype=torch.float64), K, T, T)
+    vals = interpolate(values.double(), faces, rast)  # [T, T, C]
+    return fill_texture(vals * rast.mask, rast.mask).to(values.dtype)
