@@ -232,3 +232,27 @@ def test_relighting_with_the_learned_light_reproduces_the_render():
         render_prd(p, light, viewmat, K, 32, 32, 0, None, blend="radiance", target_light=brighter, **kw).final,
         radiance_only.final,
     )
+
+
+def test_mesh_normal_target_is_baked_at_stage_two_and_survives_resume(embedded_scene, tmp_path):
+    def cfg(out, **kw):
+        c = _cfg(embedded_scene, out, **kw)
+        c.distill.lambda_mesh_normal = 0.1
+        c.distill.mesh_normal_resolution = 32
+        return c
+
+    t = PRDTrainer(cfg(tmp_path / "r"))
+    for _ in range(10):
+        t.train_step()
+    assert t.mesh_normals is None
+    rec = t.train_step()  # stage 2 starts: the mesh is extracted and its normals rasterized
+    nm = t.mesh_normals
+    assert nm.shape == (t.viewmats.shape[0], t.height, t.width, 3)
+    length = nm.norm(dim=-1)
+    covered = length > 0.5
+    assert float(covered.float().mean()) > 0.05  # (10 steps from random points: a blob, maybe the frame)
+    assert torch.allclose(length[covered], torch.ones_like(length[covered]), atol=1e-4)
+    assert "mesh_normal" in rec and math.isfinite(rec["mesh_normal"])
+    t.save_checkpoint()
+    back = PRDTrainer(cfg(tmp_path / "r", resume=True))
+    assert back.resume() and torch.equal(back.mesh_normals, nm)

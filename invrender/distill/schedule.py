@@ -66,6 +66,13 @@ class DistillConfig:
     """Weight of the white-light prior mean |l - mean_rgb(l)| over the cube map's texels (stages 3-4)."""
     lambda_depth_normal: float = 0.2
     """Weight of the depth-normal consistency loss 1 - <n_rendered, n_from_depth> (stages 2-4)."""
+    lambda_mesh_normal: float = 0.0
+    """Weight of 1 - <n_rendered, n_mesh> (stages 2-4), where n_mesh is the normal of a mesh
+    extracted from the stage-1 Gaussians (TSDF fusion, as the mesh stage does) and rasterized into
+    every training view once when stage 2 starts: a smooth, multi-view-consistent normal target.
+    0 (default) turns it off; see the README for what it measured."""
+    mesh_normal_resolution: int = 160
+    """Voxels on the long side of the fusion grid of that mesh."""
     lambda_flat: float = 0.1
     """Weight of mean(smallest scale) / mean(largest scale) over the Gaussians (stages 2-4):
     flattens them so that the shortest axis is a well-defined normal (GaussianShader, 3DGS-DR)."""

@@ -52,6 +52,7 @@ class PRDTrainer(Trainer):
         self.visibility: Tensor | None = None  # [N, 1]
         self._mips = None
         self.last_bake_s: float | None = None
+        self.mesh_normals: Tensor | None = None  # [V, H, W, 3] target normals (0 where the mesh is absent)
         self.prior = None  # StableMaterial guidance, loaded once here when --prior.path is set
         if cfg.prior.enabled:
             from invrender.prior.guidance import MaterialPrior, prior_window  # noqa: PLC0415  (diffusers: only when on)
@@ -123,10 +124,13 @@ class PRDTrainer(Trainer):
             sd["visibility"] = self.visibility.cpu()
         if self.prior is not None:
             sd["prior"] = self.prior.state_dict()
+        if self.mesh_normals is not None:
+            sd["mesh_normals"] = self.mesh_normals.cpu()
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
         super().load_state_dict(sd)
+        self.mesh_normals = sd["mesh_normals"].to(self.device) if "mesh_normals" in sd else None
         if "light" in sd:
             self._make_light()
             self.light.load_state_dict(sd["light"])
@@ -167,6 +171,8 @@ class PRDTrainer(Trainer):
                 for group in self.optimizers[k].param_groups:
                     group["lr"] *= d.geometry_lr_scale
             self.bake_visibility()
+            if d.lambda_mesh_normal > 0:
+                self.bake_mesh_normals()
         elif stage == "diffuse":
             with torch.no_grad():
                 p = min(max(d.metallic_init, 1e-4), 1 - 1e-4)
@@ -198,6 +204,29 @@ class PRDTrainer(Trainer):
         )
         self.visibility = ao[:, None].to(self.device)
         self.last_bake_s = time.perf_counter() - t0
+
+    @torch.no_grad()
+    def bake_mesh_normals(self) -> None:
+        """Normals of a mesh extracted from the current Gaussians, rasterized into every training view
+        ([V, H, W, 3], zero where the mesh does not cover): the target of ``lambda_mesh_normal``."""
+        from types import SimpleNamespace  # noqa: PLC0415
+
+        from invrender.mesh.extract import ExtractConfig, extract_mesh, vertex_normals  # noqa: PLC0415
+        from invrender.mesh.raster import interpolate, rasterize  # noqa: PLC0415
+
+        t0 = time.perf_counter()
+        views = SimpleNamespace(names=list(range(self.viewmats.shape[0])), viewmats=self.viewmats.cpu(),
+                                Ks=self.Ks.cpu(), width=self.width, height=self.height)
+        cfg = ExtractConfig(resolution=self.cfg.distill.mesh_normal_resolution, max_faces=0)
+        params = {k: v.detach() for k, v in self.params.items()}
+        mesh = extract_mesh(params, views, self.cfg.sh_degree, cfg, self.cfg.backend)
+        vn = vertex_normals(mesh.vertices, mesh.faces)
+        maps = []
+        for i in range(self.viewmats.shape[0]):
+            rast = rasterize(mesh.vertices, mesh.faces, views.viewmats[i], views.Ks[i], self.width, self.height)
+            maps.append(F.normalize(interpolate(vn, mesh.faces, rast), dim=-1) * rast.mask)
+        self.mesh_normals = torch.stack(maps).to(self.device)
+        self._say(f"mesh normals: {mesh.faces.shape[0]} faces, {time.perf_counter() - t0:.1f} s")
 
     # ------------------------------------------------------------------ step
     def train_step(self) -> dict:
@@ -238,6 +267,11 @@ class PRDTrainer(Trainer):
         loss_dn = depth_normal_loss(out.gbuffer.normal, out.depth_normal, mask)
         loss = loss_rgb + d.lambda_depth_normal * loss_dn
         terms = {"rgb": float(loss_rgb.detach()), "dn": float(loss_dn.detach())}
+        if d.lambda_mesh_normal > 0 and self.mesh_normals is not None:
+            target = self.mesh_normals[i]  # [H, W, 3]
+            loss_mn = depth_normal_loss(out.gbuffer.normal, target, mask & (target.norm(dim=-1) > 0.5))
+            loss = loss + d.lambda_mesh_normal * loss_mn
+            terms["mesh_normal"] = float(loss_mn.detach())
         if d.lambda_flat > 0:
             s = torch.exp(self.params["scales"])  # [N, 3]
             loss_flat = s.min(dim=-1).values.mean() / s.max(dim=-1).values.mean().detach()
