@@ -14,11 +14,18 @@ import torch
 CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, shared: bool = False) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync and a rename,
+    so a reader never sees half a file. The file is private (0600, as ``mkstemp`` makes it) unless
+    ``shared``: then it gets the usual permissions of the umask, as images and exported assets should."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if shared:
+            mask = os.umask(0)
+            os.umask(mask)
+            os.fchmod(fd, 0o666 & ~mask)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -28,6 +35,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return path
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

@@ -7,13 +7,13 @@ via :mod:`invrender.color`, because some PNGs hold raw data (normal maps, roughn
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+
+from invrender.checkpoint import atomic_write_bytes
 
 
 class ImageIOError(ValueError):
@@ -57,47 +57,38 @@ def read_image(path, channels: tuple[int, ...] | None = None) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def write_png(path, array, bits: int = 8) -> None:
-    """Write [H, W] or [H, W, C] (C in 1, 3, 4; RGB(A) order) as a PNG, atomically.
+def encode_png(array, bits: int = 8, name: str = "image") -> bytes:
+    """PNG bytes of [H, W] or [H, W, C] (C in 1, 3, 4; RGB(A) order), numpy or torch.
 
     Float input is clipped to [0, 1] and rounded to ``bits`` (8 or 16) bits; uint8/uint16 input
-    is written as is. The file is written next to ``path`` under a temporary name and moved over
-    it with ``os.replace``, so readers never see a half-written image.
-    """
-    path = Path(path)
+    is encoded as is. ``name`` (e.g. the file it is for) goes into error messages."""
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu().numpy()
     a = np.asarray(array)
     if a.ndim == 2:
         a = a[:, :, None]
     if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
-        raise ValueError(f"write_png: array must be [H, W] or [H, W, 1|3|4], got {a.shape} for {path}")
+        raise ValueError(f"write_png: array must be [H, W] or [H, W, 1|3|4], got {a.shape} for {name}")
     if a.dtype not in (np.uint8, np.uint16):
         if bits not in (8, 16):
             raise ValueError(f"write_png: bits must be 8 or 16, got {bits}")
         a = a.astype(np.float64)
         if not np.isfinite(a).all():
-            raise ValueError(f"write_png: array for {path} has non-finite values")
+            raise ValueError(f"write_png: array for {name} has non-finite values")
         maxv = 255 if bits == 8 else 65535
         a = np.rint(np.clip(a, 0.0, 1.0) * maxv).astype(np.uint8 if bits == 8 else np.uint16)
     if a.shape[2] == 3:
-        a = a[:, :, ::-1]
+        a = a[:, :, ::-1]  # OpenCV encodes BGR(A)
     elif a.shape[2] == 4:
         a = a[:, :, [2, 1, 0, 3]]
     ok, enc = cv2.imencode(".png", np.ascontiguousarray(a))
     if not ok:
-        raise ImageIOError(f"{path}: PNG encoding failed")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates 0600 files; give the image ordinary permissions
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(enc.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        raise ImageIOError(f"{name}: PNG encoding failed")
+    return enc.tobytes()
+
+
+def write_png(path, array, bits: int = 8) -> Path:
+    """Write [H, W] or [H, W, C] (C in 1, 3, 4; RGB(A) order) as a PNG (:func:`encode_png`),
+    atomically: a temporary file next to ``path`` is moved over it, so readers never see a
+    half-written image; it gets the umask's usual permissions."""
+    return atomic_write_bytes(Path(path), encode_png(array, bits, str(path)), shared=True)

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -190,43 +188,3 @@ def prepare_output(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
 
 def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
-
-
-def write_file_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so a
-    reader never sees half a file; unlike :func:`invrender.checkpoint.atomic_write_bytes` (0600,
-    private checkpoints) the result gets the usual permissions of the umask, as assets are shared."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.fchmod(fd, 0o666 & ~mask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def encode_png(array: np.ndarray) -> bytes:
-    """8-bit PNG bytes of ``[H, W]`` or ``[H, W, C]`` (C in 1, 3, 4; RGB order), uint8 or float in
-    [0, 1] (rounded). For embedding in a GLB; files on disk use :func:`invrender.image_io.write_png`."""
-    a = np.asarray(array)
-    if a.dtype != np.uint8:
-        a = np.rint(np.clip(np.asarray(a, dtype=np.float64), 0.0, 1.0) * 255).astype(np.uint8)
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[:, :, 0]
-    if a.ndim == 3 and a.shape[2] == 3:
-        a = a[:, :, ::-1]  # OpenCV encodes BGR
-    elif a.ndim == 3 and a.shape[2] == 4:
-        a = a[:, :, [2, 1, 0, 3]]
-    ok, enc = cv2.imencode(".png", np.ascontiguousarray(a))
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return enc.tobytes()

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from invrender.color import linear_to_srgb
-from invrender.export.common import encode_png, write_file_atomic
+from invrender.checkpoint import atomic_write_bytes
+from invrender.image_io import encode_png
 
 GLB_MAGIC = 0x46546C67  # "glTF"
 CHUNK_JSON = 0x4E4F534A  # "JSON"
@@ -50,16 +51,16 @@ def _pad4(b: bytes, fill: bytes = b"\0") -> bytes:
     return b + fill * (-len(b) % 4)
 
 
-def material_images(mesh) -> tuple[np.ndarray, np.ndarray]:
+def material_images(mesh, occlusion: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The two texture images as uint8: base colour ``[T, T, 3]`` sRGB and occlusion-metallic-
-    roughness ``[T, T, 3]`` linear (R = ambient occlusion, or 255 when the mesh has none; G =
-    roughness, B = metallic)."""
+    roughness ``[T, T, 3]`` linear (R = ambient occlusion, or 255 when the mesh has none or
+    ``occlusion`` is False, which skips baking it; G = roughness, B = metallic)."""
     albedo = linear_to_srgb(mesh.albedo.detach().double().cpu().numpy())  # [T, T, 3]
     base = np.rint(np.clip(albedo, 0, 1) * 255).astype(np.uint8)
     rough = mesh.roughness.detach().double().cpu().numpy()[..., 0]  # [T, T]
     metal = mesh.metallic.detach().double().cpu().numpy()[..., 0]
     occ = np.ones_like(rough)
-    if getattr(mesh, "visibility", None) is not None:
+    if occlusion and getattr(mesh, "visibility", None) is not None:
         from invrender.mesh.render import bake_vertex_values  # noqa: PLC0415
 
         vis = mesh.visibility.detach().cpu().double()  # [V, 1] per-vertex AO of the mesh stage
@@ -167,7 +168,7 @@ def glb_bytes(mesh, name: str = "invrender", up: str = "z") -> bytes:
 def write_glb(path: Path, mesh, up: str = "z") -> Path:
     """Write ``mesh`` (:class:`~invrender.mesh.textured.TexturedMesh`) as a .glb, atomically."""
     path = Path(path)
-    return write_file_atomic(path, glb_bytes(mesh, name=path.stem or "invrender", up=up))
+    return atomic_write_bytes(path, glb_bytes(mesh, name=path.stem or "invrender", up=up), shared=True)
 
 
 _COMPONENTS = {5126: np.float32, 5125: np.uint32, 5123: np.uint16, 5121: np.uint8}

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from invrender.export.common import encode_png, write_file_atomic
+from invrender.checkpoint import atomic_write_bytes
+from invrender.image_io import write_png
 from invrender.export.gltf import material_images, mesh_arrays
 
 
@@ -76,13 +77,13 @@ def write_obj(path: Path, mesh) -> list[Path]:
     path = Path(path)
     folder, name = path.parent, path.stem
     textures = texture_names(path)
-    base, mr = material_images(mesh)  # [T, T, 3] uint8 each; mr = (255, roughness, metallic)
+    base, mr = material_images(mesh, occlusion=False)  # [T, T, 3] uint8 each; mr = (255, roughness, metallic)
     written = [
-        write_file_atomic(folder / textures["albedo"], encode_png(base)),
-        write_file_atomic(folder / textures["roughness"], encode_png(mr[..., 1])),
-        write_file_atomic(folder / textures["metallic"], encode_png(mr[..., 2])),
+        write_png(folder / textures["albedo"], base),
+        write_png(folder / textures["roughness"], mr[..., 1]),
+        write_png(folder / textures["metallic"], mr[..., 2]),
     ]
     mtl = folder / f"{name}.mtl"
-    written.append(write_file_atomic(mtl, mtl_text(name, textures).encode()))
-    written.append(write_file_atomic(path, obj_text(mesh_arrays(mesh), name, mtl.name).encode()))
+    written.append(atomic_write_bytes(mtl, mtl_text(name, textures).encode(), shared=True))
+    written.append(atomic_write_bytes(path, obj_text(mesh_arrays(mesh), name, mtl.name).encode(), shared=True))
     return written

@@ -294,15 +294,12 @@ def read_envmap_upload(filename: str, content: bytes, max_bytes: int = MAX_UPLOA
 
 def encode_png(image: np.ndarray) -> bytes:
     """An ``uint8`` RGB image ``[H, W, 3]`` as PNG bytes (for a file or a browser download)."""
-    import cv2  # noqa: PLC0415
+    from invrender.image_io import encode_png as _encode  # noqa: PLC0415
 
     img = np.asarray(image)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"encode_png: expected uint8 [H, W, 3], got {img.dtype} {img.shape}")
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img[:, :, ::-1]))
-    if not ok:
-        raise ValueError("encode_png: PNG encoding failed")
-    return buf.tobytes()
+    return _encode(img, name="the view")
 
 
 def save_png(image: np.ndarray, folder: Path, stem: str = "view") -> Path:
