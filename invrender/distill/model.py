@@ -26,10 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from invrender.cameras import pixel_rays
-from invrender.color import srgb_to_linear
 from invrender.shading.light import EnvironmentLight
 from invrender.shading.prefilter import SpecularMips
-from invrender.shading.shade import GBuffer, shade
+from invrender.shading.shade import MAX_RESIDUAL, GBuffer, progress_blend, shade
 from invrender.shading.tonemap import tonemap
 from invrender.splat.composite import composite
 from invrender.splat.gaussians import project_with_colors
@@ -117,7 +116,7 @@ def render_prd(
     albedo_scale: Tensor | None = None,  # [3] (evaluation: per-channel albedo alignment)
     material_override: dict[str, float] | None = None,  # e.g. the grey baseline
     target_light: EnvironmentLight | None = None,
-    max_residual: float = 4.0,
+    max_residual: float = MAX_RESIDUAL,
     backend: str = "auto",
 ) -> PRDRender:
     """Deferred PRD rendering of one view (see the module docstring).
@@ -154,28 +153,13 @@ def render_prd(
     a = alpha.clamp(min=1e-4)
     surf = img / a  # [H, W, 13] per-surface values
     rad_px, albedo, rough, metal, nrm, prog, vis_px = surf.split([3, 3, 1, 1, 3, 1, 1], dim=-1)
-    albedo = albedo.clamp(0, 1)
-    albedo_learned = albedo  # what the training light was fitted with (relighting's residual)
-    if albedo_scale is not None:
-        albedo = (albedo * albedo_scale).clamp(0, 1)
-    rough, metal, prog, vis_px = rough.clamp(0, 1), metal.clamp(0, 1), prog.clamp(0, 1), vis_px.clamp(0, 1)
-    if blend == "specular":
-        metal = torch.ones_like(metal)
-    g = GBuffer(albedo=albedo, roughness=rough, metallic=metal, normal=nrm, alpha=alpha, radiance=rad_px,
-                progress=prog, visibility=vis_px)
-
+    g = GBuffer(albedo=albedo.clamp(0, 1), roughness=rough.clamp(0, 1), metallic=metal.clamp(0, 1), normal=nrm,
+                alpha=alpha, radiance=rad_px, progress=prog.clamp(0, 1), visibility=vis_px.clamp(0, 1))
     view_dirs = F.normalize(pixel_rays(K.to(means.dtype), width, height) @ viewmat[:3, :3], dim=-1)  # [H, W, 3] world
-    blended, pbr_linear, pbr = blend_shading(
-        g, light, view_dirs, blend=blend, mips=mips, tonemapping=tonemapping, target_light=target_light,
-        albedo_learned=albedo_learned, max_residual=max_residual,
-    )
-    final = blended * alpha
-    if background is not None:
-        final = final + (1.0 - alpha) * background
     z = torch.where(alpha > 1e-4, depth / a, torch.zeros_like(depth))
-    return PRDRender(
-        final=final, radiance=rad_px, pbr=pbr, pbr_linear=pbr_linear, gbuffer=g, depth=z,
-        depth_normal=depth_to_normal(z, K, viewmat), alpha=alpha, projected=proj,
+    return finish_render(
+        g, light, viewmat, K, z, view_dirs, background, blend=blend, mips=mips, tonemapping=tonemapping,
+        albedo_scale=albedo_scale, target_light=target_light, max_residual=max_residual, projected=proj,
     )
 
 
@@ -189,31 +173,68 @@ def blend_shading(
     tonemapping: str = "srgb",
     target_light: EnvironmentLight | None = None,
     albedo_learned: Tensor | None = None,  # [H, W, 3] the albedo before evaluation scaling
-    max_residual: float = 4.0,
+    max_residual: float = MAX_RESIDUAL,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Shade a G-buffer and blend it with its radiance by progress: ``(blended [H, W, 3] display
-    space per surface, pbr_linear, pbr)``. Both backends (Gaussians and mesh) end here, so the
-    blend modes and the relighting residual of :func:`render_prd` mean the same on either."""
-    rad_px, prog = g.radiance, g.progress
+    """Shade a G-buffer and blend it with its radiance by progress (:func:`progress_blend`):
+    ``(blended [H, W, 3] display space per surface, pbr_linear, pbr)``."""
     if blend == "radiance":
-        pbr_linear = torch.zeros_like(rad_px)
-        return rad_px, pbr_linear, pbr_linear
+        pbr_linear = torch.zeros_like(g.radiance)
+        return g.radiance, pbr_linear, pbr_linear
     if light is None:
         raise ValueError(f"blend '{blend}' needs an environment light")
+    train = None
     if target_light is not None:
         sh = shade(g, target_light, view_dirs, mips=mips, tonemapping=tonemapping)
         pbr_linear, pbr = sh.pbr_linear, sh.pbr
-        if blend == "pbr":
-            return pbr, pbr_linear, pbr
-        g_train = g if albedo_learned is None else dataclasses.replace(g, albedo=albedo_learned)
-        train = shade(g_train, light, view_dirs, mips=mips, tonemapping=tonemapping).pbr_linear
-        residual = (srgb_to_linear(rad_px.clamp(0, 1)) / train.clamp(min=1e-3)).clamp(max=max_residual)
-        return prog * pbr + (1.0 - prog) * tonemap(pbr_linear * residual, tonemapping), pbr_linear, pbr
-    sh = shade(g, light, view_dirs, mips=mips, tonemapping=tonemapping)
-    if blend == "specular":
-        pbr_linear = sh.specular
-        pbr = tonemap(pbr_linear, tonemapping)
+        if blend != "pbr":
+            g_train = g if albedo_learned is None else dataclasses.replace(g, albedo=albedo_learned)
+            train = shade(g_train, light, view_dirs, mips=mips, tonemapping=tonemapping).pbr_linear
     else:
-        pbr_linear, pbr = sh.pbr_linear, sh.pbr
-    blended = pbr if blend == "pbr" else prog * pbr + (1.0 - prog) * rad_px
+        sh = shade(g, light, view_dirs, mips=mips, tonemapping=tonemapping)
+        if blend == "specular":
+            pbr_linear = sh.specular
+            pbr = tonemap(pbr_linear, tonemapping)
+        else:
+            pbr_linear, pbr = sh.pbr_linear, sh.pbr
+    if blend == "pbr":
+        return pbr, pbr_linear, pbr
+    blended = progress_blend(g.radiance, g.progress, pbr_linear, pbr, tonemapping, train, max_residual)
     return blended, pbr_linear, pbr
+
+
+def finish_render(
+    g: GBuffer,
+    light: EnvironmentLight | None,
+    viewmat: Tensor,  # [4, 4]
+    K: Tensor,  # [3, 3]
+    depth: Tensor,  # [H, W, 1] z-depth, 0 where empty
+    view_dirs: Tensor,  # [H, W, 3] world, camera to pixel
+    background: Tensor | None = None,  # [3]
+    *,
+    blend: str = "prd",
+    mips: SpecularMips | None = None,
+    tonemapping: str = "srgb",
+    albedo_scale: Tensor | None = None,  # [3]
+    target_light: EnvironmentLight | None = None,
+    max_residual: float = MAX_RESIDUAL,
+    projected: Projected | None = None,
+) -> PRDRender:
+    """Everything after rasterization, the same for both geometry backends: the evaluation's
+    albedo scale, the specular stage's metallic held at 1, :func:`blend_shading`, coverage and
+    background. ``g`` holds per-surface values with the learned albedo."""
+    albedo_learned = g.albedo  # what the training light was fitted with (relighting's residual)
+    if albedo_scale is not None:
+        g = dataclasses.replace(g, albedo=(g.albedo * albedo_scale).clamp(0, 1))
+    if blend == "specular":
+        g = dataclasses.replace(g, metallic=torch.ones_like(g.metallic))
+    blended, pbr_linear, pbr = blend_shading(
+        g, light, view_dirs, blend=blend, mips=mips, tonemapping=tonemapping, target_light=target_light,
+        albedo_learned=albedo_learned, max_residual=max_residual,
+    )
+    final = blended * g.alpha
+    if background is not None:
+        final = final + (1.0 - g.alpha) * background
+    return PRDRender(
+        final=final, radiance=g.radiance, pbr=pbr, pbr_linear=pbr_linear, gbuffer=g, depth=depth,
+        depth_normal=depth_to_normal(depth, K, viewmat), alpha=g.alpha, projected=projected,
+    )

@@ -5,7 +5,7 @@ The rasterizer (:mod:`invrender.mesh.raster`) gives per pixel the triangle, pers
 barycentrics and depth; UVs and vertex normals (and the per-vertex baked visibility) are
 interpolated, the albedo / roughness / metallic / progress / radiance textures are read in one
 mip-mapped lookup, and the resulting :class:`~invrender.shading.shade.GBuffer` goes through the
-same :func:`~invrender.distill.model.blend_shading` as the Gaussians' (same blend modes, same
+same :func:`~invrender.distill.model.finish_render` as the Gaussians' (same blend modes, same
 relighting residual). Gradients reach the textures, and the vertex positions through the
 barycentrics.
 """
@@ -19,12 +19,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from invrender.cameras import pixel_rays
-from invrender.distill.model import PRDRender, blend_shading, depth_to_normal
+from invrender.distill.model import PRDRender, finish_render
 from invrender.mesh.raster import interpolate, rasterize, texture_lookup
 from invrender.mesh.textured import TEXTURE_CHANNELS, TEXTURE_NAMES, TexturedMesh
 from invrender.shading.light import EnvironmentLight
 from invrender.shading.prefilter import SpecularMips
-from invrender.shading.shade import GBuffer
+from invrender.shading.shade import MAX_RESIDUAL, GBuffer
 from invrender.splat.sh import sh_basis
 
 _SPLITS = [TEXTURE_CHANNELS[k] for k in TEXTURE_NAMES]
@@ -63,7 +63,7 @@ def render_mesh(
     albedo_scale: Tensor | None = None,  # [3]
     material_override: dict[str, float] | None = None,
     target_light: EnvironmentLight | None = None,
-    max_residual: float = 4.0,
+    max_residual: float = MAX_RESIDUAL,
     backend: str = "auto",
 ) -> PRDRender:
     """One view of a textured mesh, shaded and blended exactly as :func:`render_prd` does for
@@ -101,23 +101,11 @@ def render_mesh(
         for k, v in material_override.items():
             vals[k] = torch.full_like(vals[k], float(v)) * alpha
         albedo, rough, metal, prog = vals["albedo"], vals["roughness"], vals["metallic"], vals["progress"]
-    albedo_learned = albedo
-    if albedo_scale is not None:
-        albedo = (albedo * albedo_scale).clamp(0, 1)
-    if blend == "specular":
-        metal = torch.ones_like(metal)
     g = GBuffer(albedo=albedo, roughness=rough, metallic=metal, normal=nrm, alpha=alpha, radiance=rad,
                 progress=prog, visibility=vis)
-    blended, pbr_linear, pbr = blend_shading(
-        g, light, view_dirs, blend=blend, mips=mips, tonemapping=tonemapping, target_light=target_light,
-        albedo_learned=albedo_learned, max_residual=max_residual,
-    )
-    final = blended * alpha
-    if background is not None:
-        final = final + (1.0 - alpha) * background
-    return PRDRender(
-        final=final, radiance=rad, pbr=pbr, pbr_linear=pbr_linear, gbuffer=g, depth=rast.depth,
-        depth_normal=depth_to_normal(rast.depth, K, viewmat), alpha=alpha, projected=None,
+    return finish_render(
+        g, light, viewmat, K, rast.depth, view_dirs, background, blend=blend, mips=mips, tonemapping=tonemapping,
+        albedo_scale=albedo_scale, target_light=target_light, max_residual=max_residual,
     )
 
 

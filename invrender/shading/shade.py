@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from invrender.color import srgb_to_linear
 from invrender.shading.brdf import base_reflectance
 from invrender.shading.light import EnvironmentLight
 from invrender.shading.prefilter import SpecularMips
@@ -87,7 +88,32 @@ def shade(
     pbr_linear = diffuse + specular
     pbr = tonemap(pbr_linear, tonemapping)
     if gbuffer.progress is not None and gbuffer.radiance is not None:
-        final = gbuffer.progress * pbr + (1.0 - gbuffer.progress) * gbuffer.radiance
+        final = progress_blend(gbuffer.radiance, gbuffer.progress, pbr_linear, pbr, tonemapping)
     else:
         final = pbr
     return Shaded(pbr_linear, diffuse, specular, pbr, final)
+
+
+MAX_RESIDUAL = 4.0  # bound on the relit radiance's ratio to the physically based colour
+
+
+def progress_blend(
+    radiance: Tensor,  # [..., 3] display space
+    progress: Tensor,  # [..., 1]
+    pbr_linear: Tensor,  # [..., 3] physically based colour, linear
+    pbr: Tensor,  # [..., 3] the same tone-mapped (display space)
+    tonemapping: str = "srgb",
+    train_linear: Tensor | None = None,  # [..., 3] the PBR colour under the training light (relighting)
+    max_residual: float = MAX_RESIDUAL,
+) -> Tensor:
+    """The PRD blend, display space: ``p pbr + (1 - p) radiance``. When relit (``train_linear``
+    given, ``pbr`` shaded under the new light), the radiance, which only knows the training light,
+    is carried over as its ratio to the physically based colour under that light (per channel,
+    linear, at most ``max_residual``): what physics did not explain there (cast shadows,
+    inter-reflections) stays as a multiplicative residual,
+    ``p pbr + (1 - p) tonemap(pbr_linear lin(radiance) / train_linear)``. Every renderer (both
+    geometry backends, the viewer) blends here."""
+    if train_linear is None:
+        return progress * pbr + (1.0 - progress) * radiance
+    residual = (srgb_to_linear(radiance.clamp(0, 1)) / train_linear.clamp(min=1e-3)).clamp(max=max_residual)
+    return progress * pbr + (1.0 - progress) * tonemap(pbr_linear * residual, tonemapping)

@@ -17,7 +17,8 @@ A light change therefore reshades without rasterizing, an intensity / tone-mappi
 change does neither, and a camera move rasterizes once per camera (coarse frames at
 ``coarse_scale`` of the resolution while it moves).
 
-The blend mirrors :func:`~invrender.distill.model.render_prd` exactly (the tests compare the two):
+The blend is :func:`~invrender.shading.shade.progress_blend`, as in :func:`~invrender.distill.model.render_prd`
+(the tests compare the two):
 the run's learned light, unrotated at intensity 1, renders the run as trained; any other light
 relights it, the radiance part carried as its ratio to the physically based colour under the
 learned light (``final = p tonemap(pbr') + (1 - p) tonemap(pbr' lin(radiance) / pbr)``).
@@ -41,9 +42,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from invrender.cameras import pixel_rays
-from invrender.color import linear_to_srgb, srgb_to_linear
+from invrender.color import linear_to_srgb
 from invrender.shading.light import EnvironmentLight, cube_directions, rotate_z, sample_cube
-from invrender.shading.shade import GBuffer, Shaded, shade
+from invrender.shading.shade import GBuffer, Shaded, progress_blend, shade
 from invrender.shading.tonemap import tonemap
 
 BUFFERS = ("final", "pbr", "radiance", "albedo", "roughness", "metallic", "normal", "depth", "progress", "visibility")
@@ -60,7 +61,6 @@ STORED_UPLOAD_WIDTH = 2048  # uploads are kept at most this wide
 MAX_UPLOADS = 8  # uploaded maps kept in memory (the oldest is dropped first)
 MIN_RESOLUTION, MAX_RESOLUTION = 16, 4096
 ALPHA_EPS = 1e-4  # render_prd's coverage floor: emptier pixels contribute < 1e-4 to any colour
-MAX_RESIDUAL = 4.0  # render_prd's bound on the relit radiance ratio
 # LRU sizes: G-buffers are the big entries (a full and a coarse frame of the last poses); shaded
 # colours ([M, 3] tensors) and lights (~1-2 MB each at 128²) are small, and keeping a few maps
 # makes flipping between them instant
@@ -623,11 +623,7 @@ def _buffer_values(ctx: ViewerContext, state: ViewerState, rkey, raster: _Raster
         pbr = tonemap(lin, tm)
         if name == "pbr" or ctx.run.blend == "pbr":
             return pbr
-        p = g.progress
-        if train is None:
-            return p * pbr + (1.0 - p) * g.radiance
-        residual = (srgb_to_linear(g.radiance.clamp(0, 1)) / train.clamp(min=1e-3)).clamp(max=MAX_RESIDUAL)
-        return p * pbr + (1.0 - p) * tonemap(lin * residual, tm)
+        return progress_blend(g.radiance, g.progress, lin, pbr, tm, train)
     if name == "radiance":
         return g.radiance.clamp(0, 1)
     if name == "albedo":
