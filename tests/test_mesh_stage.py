@@ -15,7 +15,7 @@ from invrender.mesh.extract import (
     unwrap_uv, vertex_normals,
 )
 from invrender.mesh.render import render_mesh
-from invrender.mesh.stage import fill_texture
+from invrender.mesh.raster import fill_texture
 from invrender.mesh.textured import TexturedMesh
 
 from test_train import TINY_DISTILL

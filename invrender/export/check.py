@@ -6,6 +6,7 @@ the trained mesh stage's own relit renders, each against the ground truth."""
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -16,8 +17,7 @@ import torch
 def glb_roundtrip_relight(run_dir: Path, max_views: int | None = None, backend: str = "auto") -> dict:
     """``{"envs": [...], "trained": {env: psnr_obj, "mean"}, "exported": {...}, "difference_db": mean
     trained - mean exported, "glb_bytes": size}`` over the test views (the first ``max_views``)."""
-    from invrender.color import linear_to_srgb  # noqa: PLC0415
-    from invrender.eval import _load_split, _Mips, find_envmaps, load_run, render_run_view  # noqa: PLC0415
+    from invrender.eval import _load_split, _Mips, composite_display, find_envmaps, load_run, render_run_view  # noqa: PLC0415
     from invrender.export.gltf import read_glb, write_glb  # noqa: PLC0415
     from invrender.export.run import run_normalization  # noqa: PLC0415
     from invrender.metrics import psnr  # noqa: PLC0415
@@ -34,9 +34,7 @@ def glb_roundtrip_relight(run_dir: Path, max_views: int | None = None, backend: 
         size = glb.stat().st_size
         exported = read_glb(glb, run_normalization(run.meta))
     # the exported asset renders as the physically based blend, through the same run otherwise
-    asset = load_run(run_dir, geometry="mesh")
-    asset.mesh = exported
-    asset.blend = "pbr"
+    asset = dataclasses.replace(run, mesh=exported, blend="pbr")
     bg = background_color(resolve_background(run.meta.get("background", "white"), scene.white_background), "cpu")
     n = len(views) if max_views is None else min(max_views, len(views))
     mips = _Mips()
@@ -48,7 +46,7 @@ def glb_roundtrip_relight(run_dir: Path, max_views: int | None = None, backend: 
         for i in range(n):
             rgba = views.gt[f"rgba_{env}"][i]
             ga = rgba[..., 3:]
-            gt = linear_to_srgb(rgba[..., :3]) * ga + bg * (1 - ga)
+            gt = composite_display(rgba[..., :3], ga, bg)
             obj = ga[..., 0] > 0.5
             for key, r in (("trained", run), ("exported", asset)):
                 out = render_run_view(r, views, i, light, mips=m, backend=backend)

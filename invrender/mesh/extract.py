@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -327,8 +328,6 @@ def chamfer_distance(a_vertices: Tensor, a_faces: Tensor, b_vertices: Tensor, b_
 
 def read_ply_mesh(path) -> RawMesh:
     """Vertices and triangles of a PLY file (e.g. a dataset's ``gt_mesh.ply``); clear errors."""
-    from pathlib import Path  # noqa: PLC0415
-
     from plyfile import PlyData  # noqa: PLC0415
 
     path = Path(path)

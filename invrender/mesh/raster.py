@@ -453,6 +453,22 @@ def build_mips(tex: Tensor, max_mip_level: int | None = None) -> list[Tensor]:
     return levels
 
 
+def fill_texture(values: Tensor, weight: Tensor) -> Tensor:
+    """Pull-push hole filling: ``values`` [T, T, C] (weighted sums) and ``weight`` [T, T, 1] ->
+    averages [T, T, C] where weight > 0, elsewhere the average of the nearest coarser mip level that
+    has data, so every texel holds a plausible value."""
+    sums = [values.permute(2, 0, 1)[None]]
+    wts = [weight.permute(2, 0, 1)[None]]
+    while sums[-1].shape[-1] > 1:
+        sums.append(F.avg_pool2d(sums[-1], 2, ceil_mode=True) * 4)
+        wts.append(F.avg_pool2d(wts[-1], 2, ceil_mode=True) * 4)
+    avg = sums[-1] / wts[-1].clamp(min=1e-12)
+    for s, w in zip(reversed(sums[:-1]), reversed(wts[:-1])):
+        up = F.interpolate(avg, size=s.shape[-2:], mode="nearest")
+        avg = torch.where(w > 0, s / w.clamp(min=1e-12), up)
+    return avg[0].permute(1, 2, 0)
+
+
 def uv_derivatives(uv: Tensor, tri_id: Tensor | None = None) -> Tensor:
     """Screen-space derivatives of an interpolated ``uv`` image [H, W, 2] by finite differences
     between neighbouring pixels -> [H, W, 4] = (du/dx, du/dy, dv/dx, dv/dy), in uv units per

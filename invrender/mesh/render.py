@@ -20,7 +20,7 @@ from torch import Tensor
 
 from invrender.cameras import pixel_rays
 from invrender.distill.model import PRDRender, finish_render
-from invrender.mesh.raster import interpolate, rasterize, texture_lookup
+from invrender.mesh.raster import fill_texture, interpolate, rasterize, texture_lookup
 from invrender.mesh.textured import TEXTURE_CHANNELS, TEXTURE_NAMES, TexturedMesh
 from invrender.shading.light import EnvironmentLight
 from invrender.shading.prefilter import SpecularMips
@@ -135,8 +135,6 @@ def bake_vertex_values(uvs: Tensor, faces: Tensor, values: Tensor, size: int) ->
     (i + 0.5) / T), glTF orientation) and the values interpolated; texels outside every chart are
     filled by pull-push from the charts, so bilinear and mip reads never see a hole.
     Used to carry per-vertex data (the baked ambient occlusion) into texture-only formats."""
-    from invrender.mesh.stage import fill_texture  # noqa: PLC0415
-
     T = int(size)
     # UV space as a camera: positions (u T, v T, 1) seen by the identity camera with unit focal
     # length project to pixel (u T, v T): an orthographic view of the atlas

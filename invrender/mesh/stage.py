@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from invrender.checkpoint import atomic_torch_save
 from invrender.mesh.extract import ExtractConfig, extract_mesh, unwrap_uv, vertex_normals
+from invrender.mesh.raster import fill_texture
 from invrender.mesh.textured import TEXTURE_CHANNELS, TEXTURE_NAMES, TexturedMesh, mesh_path
 
 _SPLITS = [TEXTURE_CHANNELS[k] for k in TEXTURE_NAMES]
@@ -80,22 +80,6 @@ class MeshConfig:
 def _logit(x: Tensor) -> Tensor:
     x = x.clamp(1e-3, 1.0 - 1e-3)
     return torch.log(x) - torch.log1p(-x)
-
-
-def fill_texture(values: Tensor, weight: Tensor) -> Tensor:
-    """Pull-push hole filling: ``values`` [T, T, C] (weighted sums) and ``weight`` [T, T, 1] ->
-    averages [T, T, C] where weight > 0, elsewhere the average of the nearest coarser mip level that
-    has data, so every texel holds a plausible value."""
-    sums = [values.permute(2, 0, 1)[None]]
-    wts = [weight.permute(2, 0, 1)[None]]
-    while sums[-1].shape[-1] > 1:
-        sums.append(F.avg_pool2d(sums[-1], 2, ceil_mode=True) * 4)
-        wts.append(F.avg_pool2d(wts[-1], 2, ceil_mode=True) * 4)
-    avg = sums[-1] / wts[-1].clamp(min=1e-12)
-    for s, w in zip(reversed(sums[:-1]), reversed(wts[:-1])):
-        up = F.interpolate(avg, size=s.shape[-2:], mode="nearest")
-        avg = torch.where(w > 0, s / w.clamp(min=1e-12), up)
-    return avg[0].permute(1, 2, 0)
 
 
 class MeshStage:
@@ -314,14 +298,13 @@ class MeshStage:
         return mesh
 
 
-def mesh_chamfer(run_dir: Path, mesh: TexturedMesh) -> dict | None:
+def mesh_chamfer(data_dir: Path, mesh: TexturedMesh) -> dict | None:
     """Chamfer distance of ``mesh`` (taken to the capture frame) to the dataset's ``gt_mesh.ply`` when
-    the dataset has one (synthetic captures made by ``scripts/make_synthetic.py`` do); else None."""
-    from invrender.eval import load_run  # noqa: PLC0415
+    the dataset (``data_dir``) has one (synthetic captures made by ``scripts/make_synthetic.py`` do);
+    else None."""
     from invrender.mesh.extract import chamfer_distance, read_ply_mesh  # noqa: PLC0415
 
-    meta = load_run(run_dir).meta
-    gt_path = Path(meta["data"]) / "gt_mesh.ply"
+    gt_path = Path(data_dir) / "gt_mesh.ply"
     if not gt_path.is_file():
         return None
     gt = read_ply_mesh(gt_path)
@@ -343,7 +326,7 @@ def run_mesh_stage(run_dir: Path, cfg: MeshConfig, backend: str = "auto", resume
     t0 = time.perf_counter()
     mesh = stage.train(resume=resume)
     summary = {"mesh": str(mesh_path(run_dir)), **stage.info, "stage_s": round(time.perf_counter() - t0, 1)}
-    summary["chamfer"] = mesh_chamfer(run_dir, mesh)
+    summary["chamfer"] = mesh_chamfer(stage.run.meta["data"], mesh)
     if evaluate:
         from invrender.eval import evaluate_run  # noqa: PLC0415
 
