@@ -12,41 +12,25 @@ import torch
 import torch.nn.functional as F
 
 from invrender.distill.model import material_params, render_prd
-from invrender.distill.schedule import DistillConfig
-from invrender.distill.visibility import AOConfig
 from invrender.eval import albedo_alignment_scale, albedo_psnr, align_albedo, evaluate_run, load_run
 from invrender.relight import load_envmap_light
 from invrender.shading.envmap import direction_grid, write_hdr
 from invrender.shading.prefilter import SpecularMips
-from invrender.train import TrainConfig, train
 
 ENVS = ("night", "overcast", "studio", "sunset")
 
 
 @pytest.fixture(scope="module")
-def tiny_run(embedded_scene, tmp_path_factory):
-    """A run through all four PRD stages in 20 steps (seconds on 2 cores): numbers are poor,
-    but every buffer, the light and the visibility exist."""
-    out = tmp_path_factory.mktemp("relight") / "run"
-    distill = DistillConfig(specular_steps=4, diffuse_steps=4, joint_steps=4, light_resolution=32,
-                            ao=AOConfig(grid_resolution=16, num_directions=4))
-    cfg = TrainConfig(data=embedded_scene, out=out, steps=8, downscale=2, init_num_points=1500, distill=distill,
-                      progress=False, eval_at_end=False, checkpoint_every=1000)
-    train(cfg)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_metrics(tiny_run):
-    return evaluate_run(tiny_run, tiny_run / "metrics.json")
+def tiny_metrics(tiny_prd_run):
+    return evaluate_run(tiny_prd_run, tiny_prd_run / "metrics.json")
 
 
 def _finite(x) -> bool:
     return isinstance(x, float) and math.isfinite(x)
 
 
-def test_eval_writes_every_metric_as_finite_numbers(tiny_run, tiny_metrics):
-    m = json.loads((tiny_run / "metrics.json").read_text())
+def test_eval_writes_every_metric_as_finite_numbers(tiny_prd_run, tiny_metrics):
+    m = json.loads((tiny_prd_run / "metrics.json").read_text())
     assert m == json.loads(json.dumps(tiny_metrics))
     assert m["blend"] == "prd" and m["n_views"] == 24
     for k in ("nvs_psnr", "nvs_psnr_obj", "nvs_ssim", "albedo_psnr", "albedo_psnr_obj", "normal_mae_deg",
@@ -62,7 +46,7 @@ def test_eval_writes_every_metric_as_finite_numbers(tiny_run, tiny_metrics):
         assert all(_finite(v) for v in m[k].values()), (k, m[k])
         assert m[k]["mean"] == pytest.approx(sum(m[k][e] for e in ENVS) / len(ENVS))
     assert len(m["per_view"]) == 24 and m["per_view"][0]["view"] == "test_000"
-    figs = tiny_run / "eval"
+    figs = tiny_prd_run / "eval"
     for name in ("rgb", "albedo", "roughness", "metallic", "normal", "progress", *(f"relight_{e}" for e in ENVS)):
         assert (figs / f"{name}.png").is_file(), name
     from invrender.image_io import read_image
@@ -73,8 +57,8 @@ def test_eval_writes_every_metric_as_finite_numbers(tiny_run, tiny_metrics):
     assert "| novel views" in md and "| sunset |" in md
 
 
-def test_eval_without_relighting_and_for_a_run_without_materials(tiny_run, tiny_metrics, tmp_path):
-    m = evaluate_run(tiny_run, None, relight=False, renders_dir=tmp_path / "r", figures_dir=tmp_path / "f")
+def test_eval_without_relighting_and_for_a_run_without_materials(tiny_prd_run, tiny_metrics, tmp_path):
+    m = evaluate_run(tiny_prd_run, None, relight=False, renders_dir=tmp_path / "r", figures_dir=tmp_path / "f")
     assert m["relight_psnr"] is None and m["grey_baseline_relight_psnr_obj"] is None
     assert "relight=False" in m["relight_note"]
     # the albedo no longer comes from a relit render: same numbers
@@ -82,7 +66,7 @@ def test_eval_without_relighting_and_for_a_run_without_materials(tiny_run, tiny_
     assert m["nvs_psnr"] == pytest.approx(tiny_metrics["nvs_psnr"], abs=1e-6)
 
     # the same run as if it had stopped after stage 1: no materials, blend radiance
-    ckpt = sorted((tiny_run / "checkpoints").glob("ckpt_*.pt"))[-1]
+    ckpt = sorted((tiny_prd_run / "checkpoints").glob("ckpt_*.pt"))[-1]
     sd = torch.load(ckpt, weights_only=False)
     for k in ("albedo", "roughness", "metallic", "progress"):
         del sd["params"][k]
@@ -127,11 +111,11 @@ def test_albedo_alignment_recovers_a_per_channel_scale():
         albedo_alignment_scale(torch.zeros(0, 3), torch.zeros(0, 3))
 
 
-def test_relight_cli_writes_one_png_per_view(tiny_run, embedded_scene, tmp_path):
+def test_relight_cli_writes_one_png_per_view(tiny_prd_run, embedded_scene, tmp_path):
     from invrender.image_io import read_image
 
     out = tmp_path / "relit"
-    cmd = [sys.executable, "-m", "invrender.cli", "relight", "--run", str(tiny_run), "--out", str(out),
+    cmd = [sys.executable, "-m", "invrender.cli", "relight", "--run", str(tiny_prd_run), "--out", str(out),
            "--envmap", str(embedded_scene / "envmaps" / "sunset.hdr"), "--rotation", "30", "--intensity", "2",
            "--albedo-scale", "1", "0.9", "0.8"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -143,7 +127,7 @@ def test_relight_cli_writes_one_png_per_view(tiny_run, embedded_scene, tmp_path)
 
 
 @pytest.mark.parametrize("bad", ["missing.hdr", "not_an_image.hdr", "wrong.png"])
-def test_relight_cli_bad_envmap_is_one_clear_line(tiny_run, tmp_path, capsys, bad):
+def test_relight_cli_bad_envmap_is_one_clear_line(tiny_prd_run, tmp_path, capsys, bad):
     from invrender.cli import main
 
     envmap = tmp_path / bad
@@ -151,7 +135,7 @@ def test_relight_cli_bad_envmap_is_one_clear_line(tiny_run, tmp_path, capsys, ba
         envmap.write_bytes(b"this is not an image")
     # in-process (the subprocess path is covered above): main() turns the error into one line
     with pytest.raises(SystemExit) as e:
-        main(["relight", "--run", str(tiny_run), "--envmap", str(envmap), "--out", str(tmp_path / "o")])
+        main(["relight", "--run", str(tiny_prd_run), "--envmap", str(envmap), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert e.value.code == 1
     assert str(envmap) in err and len(err.strip().splitlines()) == 1, err

@@ -14,13 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from invrender.distill.schedule import DistillConfig
-from invrender.distill.visibility import AOConfig
 from invrender.eval import render_run_view
 from invrender.image_io import read_image
 from invrender.relight import load_envmap_light
 from invrender.shading.envmap import write_hdr
-from invrender.train import TrainConfig, train
 from invrender.viewer.render import (
     BUFFERS,
     LEARNED,
@@ -41,19 +38,8 @@ RES = 64  # frames are 64 px a side: every test is about controls, not image qua
 
 
 @pytest.fixture(scope="module")
-def tiny_run(embedded_scene, tmp_path_factory):
-    """All four PRD stages in ~20 steps (seconds): poor numbers, but every buffer and a learned light."""
-    out = tmp_path_factory.mktemp("viewer") / "run"
-    distill = DistillConfig(specular_steps=4, diffuse_steps=4, joint_steps=4, light_resolution=32,
-                            ao=AOConfig(grid_resolution=16, num_directions=4))
-    train(TrainConfig(data=embedded_scene, out=out, steps=8, downscale=2, init_num_points=1500, distill=distill,
-                      progress=False, eval_at_end=False, checkpoint_every=1000))
-    return out
-
-
-@pytest.fixture(scope="module")
-def ctx(tiny_run):
-    return ViewerContext.from_run_dir(tiny_run)
+def ctx(tiny_prd_run):
+    return ViewerContext.from_run_dir(tiny_prd_run)
 
 
 @pytest.fixture()

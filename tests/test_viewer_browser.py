@@ -16,9 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from invrender.distill.schedule import DistillConfig
-from invrender.distill.visibility import AOConfig
-from invrender.train import TrainConfig, train
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # swiftshader: WebGL without a GPU (headless chromium >= 137 needs the unsafe flag for it)
@@ -69,20 +66,10 @@ def render_region(page) -> np.ndarray:
     return img[180:, : max(x1, 50)].astype(np.float64)
 
 
-@pytest.fixture(scope="module")
-def tiny_run(embedded_scene, tmp_path_factory):
-    out = tmp_path_factory.mktemp("viewer_browser") / "run"
-    distill = DistillConfig(specular_steps=4, diffuse_steps=4, joint_steps=4, light_resolution=32,
-                            ao=AOConfig(grid_resolution=16, num_directions=4))
-    train(TrainConfig(data=embedded_scene, out=out, steps=8, downscale=2, init_num_points=1500, distill=distill,
-                      progress=False, eval_at_end=False, checkpoint_every=1000))
-    return out
-
-
-def test_rotation_typed_in_the_page_changes_the_streamed_frame(tiny_run, tmp_path):
+def test_rotation_typed_in_the_page_changes_the_streamed_frame(tiny_prd_run, tmp_path):
     from invrender.viewer.app import ViewerApp, ViewerConfig
 
-    app = ViewerApp(ViewerConfig(run=tiny_run, port=free_port(), resolution=128, envmap="sunset",
+    app = ViewerApp(ViewerConfig(run=tiny_prd_run, port=free_port(), resolution=128, envmap="sunset",
                                  save_dir=tmp_path / "shots", max_upload_mb=0.01))
     assert app.server.get_host() == "127.0.0.1"
     try:
