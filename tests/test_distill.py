@@ -9,7 +9,7 @@ import torch
 
 from invrender.distill.model import depth_to_normal, gaussian_normals, material_params, render_prd
 from invrender.distill.schedule import DistillConfig, PRDSchedule, blend_for, progress_override
-from invrender.distill.trainer import PRDTrainer, white_light_prior
+from invrender.distill.trainer import PRDTrainer, edge_aware_smoothness, white_light_prior
 from invrender.distill.visibility import AOConfig
 from invrender.shading.light import EnvironmentLight
 from invrender.splat.gaussians import render_view
@@ -130,6 +130,28 @@ def test_progress_blends_pbr_and_radiance():
     assert torch.allclose(spec.final, metal.final, atol=1e-3)  # metallic ~1: no diffuse term either way
 
 
+def test_edge_aware_smoothness_follows_the_photo():
+    H, W = 8, 10
+    step = torch.zeros(H, W, 1)
+    step[:, 5:] = 1.0  # a map with a vertical edge
+    flat_photo = torch.full((H, W, 3), 0.5)
+    edged_photo = flat_photo.clone()
+    edged_photo[:, 5:] = 0.9  # the photo changes where the map does
+    mask = torch.ones(H, W, dtype=torch.bool)
+    assert float(edge_aware_smoothness(torch.full((H, W, 2), 0.3), edged_photo, mask)) == 0.0
+    plain = float(edge_aware_smoothness(step, flat_photo, mask))
+    n_pairs = H * (W - 1) + (H - 1) * W
+    assert plain == pytest.approx(H / n_pairs)  # one unit jump per row, unweighted
+    assert float(edge_aware_smoothness(step, edged_photo, mask, edge_scale=10.0)) == pytest.approx(
+        plain * math.exp(-4.0), rel=1e-5)
+    # pairs with a pixel outside the mask do not count
+    mask[:, 5:] = False
+    assert float(edge_aware_smoothness(step, flat_photo, mask)) == 0.0
+    x = torch.rand(H, W, 3, requires_grad=True)
+    edge_aware_smoothness(x, flat_photo, torch.ones(H, W, dtype=torch.bool)).backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
 # ---------------------------------------------------------------- trainer
 
 
@@ -154,6 +176,7 @@ def test_stage_switches_do_what_prd_says(embedded_scene, tmp_path):
     d = t.cfg.distill
     assert t.visibility is not None and t.visibility.shape == (n, 1)
     assert 0 <= float(t.visibility.min()) and float(t.visibility.max()) <= 1
+    assert float(t.visibility.min()) >= d.ao.indirect - 1e-6  # the bounce fill is part of the bake
     assert t.optimizers["means"].param_groups[0]["lr"] < t.cfg.lr.means * t.extent * d.geometry_lr_scale * 1.0001
     albedo = torch.sigmoid(t.params["albedo"])
     assert torch.allclose(albedo, torch.full_like(albedo, 0.99), atol=0.02)  # one Adam step away from 0.99
@@ -169,6 +192,20 @@ def test_stage_switches_do_what_prd_says(embedded_scene, tmp_path):
     rec = t.train_step()  # step 19: joint
     assert rec["stage"] == "joint" and t.optimizers["progress"].param_groups[0]["lr"] == d.lr_progress_joint
     assert math.isfinite(rec["loss"]) and "light" in rec and "progress" in rec
+
+
+def test_smoothness_terms_are_trained_when_weighted(embedded_scene, tmp_path):
+    cfg = _cfg(embedded_scene, tmp_path / "r")
+    cfg.distill.lambda_smooth_normal = 0.1
+    cfg.distill.lambda_smooth_material = 0.1
+    t = PRDTrainer(cfg)
+    for _ in range(10):
+        t.train_step()
+    rec = t.train_step()  # specular: normals only
+    assert "smooth_normal" in rec and "smooth_material" not in rec
+    for _ in range(4):
+        rec = t.train_step()  # diffuse
+    assert rec["smooth_material"] >= 0.0 and math.isfinite(rec["loss"])
 
 
 def test_pbr_preset_holds_progress_at_one(embedded_scene, tmp_path):

@@ -100,3 +100,20 @@ def test_shade_is_continuous_in_roughness_and_gradients_flow():
     out.sum().backward()
     for t in (rough.grad, normal.grad, light.log_radiance.grad):
         assert t is not None and torch.isfinite(t).all() and t.abs().sum() > 0
+
+
+def test_gradients_stay_finite_at_the_ends_of_the_roughness_range():
+    # a G-buffer clamps roughness to [0, 1]; at exactly 1 the dominant-direction blend once gave
+    # 0 * inf = NaN in its backward, which trained into the Gaussians (found at step 6278 of a run)
+    light = EnvironmentLight(resolution=16)
+    mips = SpecularMips(16, (0.0, 0.4, 1.0), divisors=(1, 2, 4))
+    n = F.normalize(torch.randn(6, 3, generator=torch.Generator().manual_seed(1)), dim=-1)
+    raw = torch.tensor([[-0.2], [0.0], [0.5], [0.99], [1.0], [1.3]], requires_grad=True)
+    g = GBuffer(albedo=torch.full((6, 3), 0.8), roughness=raw.clamp(0, 1), metallic=torch.ones(6, 1),
+                normal=n, alpha=torch.ones(6, 1))
+    shade(g, light, -n, mips=mips).pbr.sum().backward()
+    assert torch.isfinite(raw.grad).all()
+    r = torch.tensor([0.0, 1.0], requires_grad=True)
+    S.dominant_blend(r).sum().backward()
+    assert torch.isfinite(r.grad).all()
+    torch.testing.assert_close(S.dominant_blend(torch.tensor([0.0, 1.0])), torch.tensor([1.0, 0.0]))

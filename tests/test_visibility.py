@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from invrender.distill.visibility import AOConfig, bake_ambient_occlusion
+from invrender.distill.visibility import AOConfig, bake_ambient_occlusion, diffuse_visibility
 
 SPACING = 0.05  # centre spacing of the surfels that tile every sheet
 RES = 48  # test grids are coarse: the geometry below spans ~25-50 voxels
@@ -190,11 +190,23 @@ def test_bad_knobs_raise():
 
 def test_config_matches_function_defaults():
     params = inspect.signature(bake_ambient_occlusion).parameters
-    for f in dataclasses.fields(AOConfig):
-        assert params[f.name].default == f.default, f.name
+    kwargs = AOConfig().bake_kwargs()
+    assert set(kwargs) == {f.name for f in dataclasses.fields(AOConfig)} - {"indirect"}
+    for name, default in kwargs.items():
+        assert params[name].default == default, name
     # the config splats straight into the call
     scene = _random_scene(10)
-    assert bake_ambient_occlusion(**scene, **dataclasses.asdict(AOConfig(grid_resolution=16))).shape == (10,)
+    assert bake_ambient_occlusion(**scene, **AOConfig(grid_resolution=16).bake_kwargs()).shape == (10,)
+
+
+def test_diffuse_visibility_gives_back_a_share_of_the_blocked_sky():
+    ao = torch.tensor([0.0, 0.25, 1.0])
+    assert torch.allclose(diffuse_visibility(ao, 0.0), ao)  # plain AO
+    assert torch.allclose(diffuse_visibility(ao, 0.5), torch.tensor([0.5, 0.625, 1.0]))
+    assert torch.allclose(diffuse_visibility(ao, 1.0), torch.ones(3))  # occlusion ignored
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="indirect"):
+            diffuse_visibility(ao, bad)
 
 
 def test_large_gaussian_is_spread_over_the_voxels_it_covers():

@@ -73,6 +73,16 @@ class DistillConfig:
     0 (default) turns it off; see the README for what it measured."""
     mesh_normal_resolution: int = 160
     """Voxels on the long side of the fusion grid of that mesh."""
+    lambda_smooth_normal: float = 0.0
+    """Weight of the edge-aware smoothness of the rendered normal map (stages 2-4,
+    :func:`invrender.distill.trainer.edge_aware_smoothness`): neighbouring pixels' normals agree
+    unless the photo has an edge between them."""
+    lambda_smooth_material: float = 0.0
+    """Weight of the same smoothness on the rendered roughness and metallic maps (stages 3-4):
+    materials change where the photo changes, not from pixel to pixel."""
+    smooth_edge_scale: float = 10.0
+    """How fast an edge in the photo switches the smoothness off: weight ``exp(-scale |dI|)`` with
+    ``|dI|`` the mean absolute RGB difference (display space) of the two pixels."""
     lambda_flat: float = 0.1
     """Weight of mean(smallest scale) / mean(largest scale) over the Gaussians (stages 2-4):
     flattens them so that the shortest axis is a well-defined normal (GaussianShader, 3DGS-DR)."""

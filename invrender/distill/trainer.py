@@ -10,7 +10,6 @@ the Gaussians' count and order are fixed from then on, which keeps the baked vis
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 
@@ -41,6 +40,26 @@ def depth_normal_loss(normal: Tensor, depth_normal: Tensor, mask: Tensor) -> Ten
         return normal.sum() * 0.0
     cos = (F.normalize(normal, dim=-1) * depth_normal).sum(-1)  # [H, W]
     return (1.0 - cos)[mask].mean()
+
+
+def edge_aware_smoothness(x: Tensor, image: Tensor, mask: Tensor, edge_scale: float = 10.0) -> Tensor:
+    """Mean over horizontally and vertically adjacent pixel pairs, both in ``mask`` [H, W] (bool),
+    of ``|x_a - x_b|`` (summed over the channels of ``x`` [H, W, C]) weighted by
+    ``exp(-edge_scale * mean_rgb |image_a - image_b|)`` (``image`` [H, W, 3], the photo): a
+    smoothness prior that lets the map change where the photo has an edge."""
+    total = x.sum() * 0.0
+    count = 0
+    for dim in (0, 1):
+        n = x.shape[dim] - 1
+        xa, xb = x.narrow(dim, 0, n), x.narrow(dim, 1, n)
+        ia, ib = image.narrow(dim, 0, n), image.narrow(dim, 1, n)
+        both = mask.narrow(dim, 0, n) & mask.narrow(dim, 1, n)
+        if not bool(both.any()):
+            continue
+        w = torch.exp(-edge_scale * (ia - ib).abs().mean(-1))  # [.., ..]
+        total = total + ((xa - xb).abs().sum(-1) * w)[both].sum()
+        count += int(both.sum())
+    return total / max(count, 1)
 
 
 class PRDTrainer(Trainer):
@@ -90,7 +109,8 @@ class PRDTrainer(Trainer):
     def meta(self) -> dict:
         m = super().meta()
         d = self.cfg.distill
-        m.update(preset=self.cfg.preset, tonemapping=d.tonemapping, light_resolution=d.light_resolution)
+        m.update(preset=self.cfg.preset, tonemapping=d.tonemapping, light_resolution=d.light_resolution,
+                 ao_indirect=d.ao.indirect)
         if self.schedule is not None and self.step >= 1:
             m["stage"] = self.stage()
             m["blend"] = self.blend()
@@ -186,7 +206,7 @@ class PRDTrainer(Trainer):
     @torch.no_grad()
     def bake_visibility(self) -> None:
         """Ambient occlusion per Gaussian from the current geometry (:mod:`invrender.distill.visibility`)."""
-        from invrender.distill.visibility import bake_ambient_occlusion  # noqa: PLC0415
+        from invrender.distill.visibility import bake_ambient_occlusion, diffuse_visibility  # noqa: PLC0415
 
         ao_cfg = self.cfg.distill.ao
         n = num_gaussians(self.params)
@@ -200,9 +220,9 @@ class PRDTrainer(Trainer):
         p = self.params
         ao = bake_ambient_occlusion(
             p["means"], torch.exp(p["scales"]), p["quats"], torch.sigmoid(p["opacities"]), None,
-            **dataclasses.asdict(ao_cfg),
+            **ao_cfg.bake_kwargs(),
         )
-        self.visibility = ao[:, None].to(self.device)
+        self.visibility = diffuse_visibility(ao, ao_cfg.indirect)[:, None].to(self.device)
         self.last_bake_s = time.perf_counter() - t0
 
     @torch.no_grad()
@@ -272,6 +292,15 @@ class PRDTrainer(Trainer):
             loss_mn = depth_normal_loss(out.gbuffer.normal, target, mask & (target.norm(dim=-1) > 0.5))
             loss = loss + d.lambda_mesh_normal * loss_mn
             terms["mesh_normal"] = float(loss_mn.detach())
+        if d.lambda_smooth_normal > 0:
+            loss_sn = edge_aware_smoothness(F.normalize(out.gbuffer.normal, dim=-1), gt, mask, d.smooth_edge_scale)
+            loss = loss + d.lambda_smooth_normal * loss_sn
+            terms["smooth_normal"] = float(loss_sn.detach())
+        if d.lambda_smooth_material > 0 and stage != "specular":
+            rm = torch.cat([out.gbuffer.roughness, out.gbuffer.metallic], dim=-1)
+            loss_sm = edge_aware_smoothness(rm, gt, mask, d.smooth_edge_scale)
+            loss = loss + d.lambda_smooth_material * loss_sm
+            terms["smooth_material"] = float(loss_sm.detach())
         if d.lambda_flat > 0:
             s = torch.exp(self.params["scales"])  # [N, 3]
             loss_flat = s.min(dim=-1).values.mean() / s.max(dim=-1).values.mean().detach()

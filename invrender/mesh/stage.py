@@ -143,7 +143,7 @@ class MeshStage:
         return fill_texture(acc.view(T, T, -1), wsum.view(T, T, 1))
 
     def setup(self) -> None:
-        from invrender.distill.visibility import bake_ambient_occlusion  # noqa: PLC0415
+        from invrender.distill.visibility import bake_ambient_occlusion, diffuse_visibility  # noqa: PLC0415
 
         cfg, run = self.cfg, self.run
         t0 = time.perf_counter()
@@ -155,7 +155,8 @@ class MeshStage:
             p = run.params
             ao = bake_ambient_occlusion(p["means"], torch.exp(p["scales"]), p["quats"], torch.sigmoid(p["opacities"]),
                                         None, points=raw.vertices, point_normals=welded_normals)
-            vis = ao[:, None]
+            # the same bounce fill as the run's Gaussians (runs from before it was added: none)
+            vis = diffuse_visibility(ao, float(run.meta.get("ao_indirect", 0.0)))[:, None]
         v, f, uv, vmap = unwrap_uv(raw, cfg.texture_size)
         self.vertices, self.faces, self.uvs = v, f, uv
         self.normals = welded_normals[vmap]

@@ -69,7 +69,10 @@ def roughness_nodes() -> Tensor:
 def dominant_blend(roughness: Tensor) -> Tensor:
     """Lagarde & de Rousiers' (2014) dominant-direction blend s(alpha): lookup along normalize(n + s (r - n))."""
     alpha = roughness * roughness
-    return (1.0 - alpha) * (torch.sqrt((1.0 - alpha).clamp(min=0.0)) + alpha)
+    rest = (1.0 - alpha).clamp(min=0.0)
+    # (1 - a)^1.5 rather than (1 - a) sqrt(1 - a): at roughness 1 (a clamped G-buffer value) the
+    # latter's backward is 0 * inf = NaN, which reached the Gaussians in training
+    return rest.pow(1.5) + alpha * rest
 
 
 # ----------------------------------------------------------------------------------------- fitting
