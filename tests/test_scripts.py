@@ -78,6 +78,29 @@ def test_relight_ceiling_contract(tmp_path):
     assert 15.0 < res["mean_psnr_obj"] < 40.0 and "| mean |" in r.stdout
 
 
+def test_relight_breakdown_swaps_each_channel(tiny_prd_run, tmp_path):
+    out = tmp_path / "breakdown.json"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "relight_breakdown.py"), "--run", str(tiny_prd_run),
+         "--views-every", "12", "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    rows = res["rows"]
+    assert list(rows) == ["learned", "true albedo", "true roughness + metallic", "true normals", "true materials",
+                          "everything true"]
+    assert all(15.0 < v["all"] < 60.0 for v in rows.values())
+    # a 20-step run is far from the truth: the true G-buffer must relight better than the learned one
+    assert rows["everything true"]["all"] > rows["learned"]["all"] + 1.0
+    assert "| everything true |" in r.stdout
+
+
+def test_relight_breakdown_needs_a_trained_run(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "relight_breakdown.py"), "--run", str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode != 0 and "does not exist" in r.stderr
+
+
 def test_compare_presets_table_from_finished_runs(tmp_path):
     # three finished runs (metrics only): the script reuses them and prints both claims
     sys.path.insert(0, str(ROOT / "scripts"))
