@@ -40,7 +40,7 @@ def tiny_prd_run(embedded_scene, tmp_path_factory) -> Path:
     from invrender.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny_prd") / "run"
-    distill = DistillConfig(specular_steps=4, diffuse_steps=4, joint_steps=4, light_resolution=32,
+    distill = DistillConfig(specular_steps=4, diffuse_steps=4, joint_steps=4, light_resolution=32, mesh_normal_resolution=24,
                             ao=AOConfig(grid_resolution=16, num_directions=4))
     train(TrainConfig(data=embedded_scene, out=out, steps=8, downscale=2, init_num_points=1500, distill=distill,
                       progress=False, eval_at_end=False, checkpoint_every=1000))

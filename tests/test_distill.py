@@ -157,7 +157,7 @@ def test_edge_aware_smoothness_follows_the_photo():
 
 def _cfg(data, out, **kw):
     strategy = DensifyStrategy(refine_start_iter=3, refine_stop_iter=8, refine_every=4, reset_every=100)
-    distill = DistillConfig(specular_steps=4, diffuse_steps=4, joint_steps=4, light_resolution=16,
+    distill = DistillConfig(specular_steps=4, diffuse_steps=4, joint_steps=4, light_resolution=16, mesh_normal_resolution=24,
                             ao=AOConfig(grid_resolution=16, num_directions=4))
     kw.setdefault("steps", 10)
     return TrainConfig(

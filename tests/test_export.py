@@ -487,7 +487,7 @@ def tiny_run(embedded_scene, tmp_path_factory):
     from invrender.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("export") / "run"
-    distill = DistillConfig(specular_steps=2, diffuse_steps=2, joint_steps=2, light_resolution=16,
+    distill = DistillConfig(specular_steps=2, diffuse_steps=2, joint_steps=2, light_resolution=16, mesh_normal_resolution=24,
                             ao=AOConfig(grid_resolution=12, num_directions=4))
     cfg = TrainConfig(data=embedded_scene, out=out, steps=4, downscale=4, init_num_points=500, distill=distill,
                       progress=False, eval_at_end=False, checkpoint_every=1000)

@@ -15,7 +15,8 @@ from invrender.train import NonFiniteError, TrainConfig, Trainer
 
 # every PRD stage for a few steps, with a coarse visibility bake: the whole pipeline in seconds
 TINY_DISTILL = ["--distill.specular-steps", "5", "--distill.diffuse-steps", "5", "--distill.joint-steps", "5",
-                "--distill.ao.grid-resolution", "24", "--distill.ao.num-directions", "8"]
+                "--distill.ao.grid-resolution", "24", "--distill.ao.num-directions", "8",
+                "--distill.mesh-normal-resolution", "24"]
 
 
 def _cfg(data, out, steps, **kw):

@@ -43,10 +43,16 @@ class DistillConfig:
     """Initial uniform radiance of the environment."""
     albedo_init: float = 0.99
     """Albedo of every Gaussian when stage 2 starts (PRD sets albedo and roughness to 0.99)."""
-    roughness_init: float = 0.99
-    """Roughness of every Gaussian when stage 2 starts."""
-    metallic_init: float = 0.25
-    """Metallic every Gaussian starts stage 3 from (it is held at 1 during stage 2)."""
+    roughness_init: float = 0.5
+    """Roughness of every Gaussian when stage 2 starts. PRD starts from 0.99; in this schedule's
+    2000 distillation steps roughness then never left the rough end (a rough lobe under a blurry
+    light explains a mirror as well as a sharp one, so neither the light nor the roughness gets a
+    gradient towards detail), and relighting was 2 dB worse on the embedded scene."""
+    metallic_init: float = 0.02
+    """Metallic every Gaussian starts stage 3 from (it is held at 1 during stage 2). Near 0: most
+    surfaces are dielectric, and metallic rough surfaces look like diffuse ones under a blurry
+    light, so a middling start drifted to ~0.5 on dielectrics (0.25 cost 0.7 dB of relighting on the
+    embedded scene, docs/bench/distill_sweep_toybox_2026-11-28.md)."""
     progress_init: float = 0.01
     """Initial progress (PRD: 0.01, so the radiance colour dominates at first)."""
     tonemapping: Literal["srgb", "aces"] = "srgb"
@@ -66,18 +72,19 @@ class DistillConfig:
     """Weight of the white-light prior mean |l - mean_rgb(l)| over the cube map's texels (stages 3-4)."""
     lambda_depth_normal: float = 0.2
     """Weight of the depth-normal consistency loss 1 - <n_rendered, n_from_depth> (stages 2-4)."""
-    lambda_mesh_normal: float = 0.0
+    lambda_mesh_normal: float = 0.5
     """Weight of 1 - <n_rendered, n_mesh> (stages 2-4), where n_mesh is the normal of a mesh
     extracted from the stage-1 Gaussians (TSDF fusion, as the mesh stage does) and rasterized into
-    every training view once when stage 2 starts: a smooth, multi-view-consistent normal target.
-    0 (default) turns it off; see the README for what it measured."""
+    every training view once when stage 2 starts: a smooth, multi-view-consistent normal target
+    (the Gaussians of a mirror-like surface sit behind it to fake its reflections; the fused
+    surface does not). 0 turns it off; see the README for what it measured."""
     mesh_normal_resolution: int = 160
     """Voxels on the long side of the fusion grid of that mesh."""
-    lambda_smooth_normal: float = 0.0
+    lambda_smooth_normal: float = 0.1
     """Weight of the edge-aware smoothness of the rendered normal map (stages 2-4,
     :func:`invrender.distill.trainer.edge_aware_smoothness`): neighbouring pixels' normals agree
     unless the photo has an edge between them."""
-    lambda_smooth_material: float = 0.0
+    lambda_smooth_material: float = 0.1
     """Weight of the same smoothness on the rendered roughness and metallic maps (stages 3-4):
     materials change where the photo changes, not from pixel to pixel."""
     smooth_edge_scale: float = 10.0
@@ -96,8 +103,10 @@ class DistillConfig:
     """Adam LR of the progress logits in stages 2-3."""
     lr_progress_joint: float = 2e-3
     """Adam LR of the progress logits in stage 4 (PRD lowers it)."""
-    lr_light: float = 1e-2
-    """Adam LR of the environment's log radiance."""
+    lr_light: float = 5e-2
+    """Adam LR of the environment's log radiance. A light that learns too slowly stays a grey blur
+    for the whole schedule and every reflection goes into the albedo (1e-2: relighting 1.4 dB worse
+    on the embedded scene; 1e-1: the same as 5e-2)."""
     geometry_lr_scale: float = 0.5
     """Geometry and radiance SH keep learning in stages 2-4 at this fraction of their stage-1 rates."""
     bake_visibility: bool = True
