@@ -207,6 +207,8 @@ def test_diffuse_visibility_gives_back_a_share_of_the_blocked_sky():
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError, match="indirect"):
             diffuse_visibility(ao, bad)
+        with pytest.raises(ValueError, match="ao.indirect"):  # the config refuses it at the command line
+            AOConfig(indirect=bad)
 
 
 def test_large_gaussian_is_spread_over_the_voxels_it_covers():

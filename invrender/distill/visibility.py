@@ -89,6 +89,10 @@ class AOConfig:
     bounce, which the shading does not trace): the diffuse term uses ``AO + indirect (1 - AO)``
     (:func:`diffuse_visibility`). 0 is plain AO. See the README for how 0.5 was measured."""
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.indirect <= 1.0:  # fail at the command line, not when stage 2 starts
+            raise ValueError(f"ao.indirect must be in [0, 1], got {self.indirect}")
+
     def bake_kwargs(self) -> dict:
         """The keyword arguments of :func:`bake_ambient_occlusion` (everything but ``indirect``)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "indirect"}
