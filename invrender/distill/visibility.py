@@ -90,8 +90,7 @@ class AOConfig:
     (:func:`diffuse_visibility`). 0 is plain AO. See the README for how 0.5 was measured."""
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.indirect <= 1.0:  # fail at the command line, not when stage 2 starts
-            raise ValueError(f"ao.indirect must be in [0, 1], got {self.indirect}")
+        _check_fraction("ao.indirect", self.indirect)  # fail at the command line, not when stage 2 starts
 
     def bake_kwargs(self) -> dict:
         """The keyword arguments of :func:`bake_ambient_occlusion` (everything but ``indirect``)."""
@@ -102,9 +101,13 @@ def diffuse_visibility(ao: Tensor, indirect: float) -> Tensor:
     """The visibility the diffuse term is multiplied by: the sky's share ``ao`` plus ``indirect``
     times the blocked share, a constant stand-in for the light the object reflects onto itself
     (without it, crevices that path tracers fill by inter-reflection come out too dark)."""
-    if not 0.0 <= indirect <= 1.0:
-        raise ValueError(f"indirect must be in [0, 1], got {indirect}")
+    _check_fraction("indirect", indirect)
     return ao + indirect * (1.0 - ao)
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
 
 
 def _check_shape(name: str, t: Tensor, shape: tuple[int, ...]) -> None:
