@@ -40,7 +40,9 @@ def main() -> None:
     import torch.nn.functional as F
 
     from invrender.cameras import pixel_rays
-    from invrender.eval import _load_split, _Mips, albedo_alignment_scale, composite_display, load_run, render_run_view
+    from invrender.eval import (
+        _load_split, _Mips, albedo_alignment_scale, composite_display, find_envmaps, load_run, render_run_view,
+    )
     from invrender.metrics import psnr
     from invrender.relight import load_envmap_light
     from invrender.shading.shade import shade
@@ -60,11 +62,12 @@ def main() -> None:
     missing = [k for k in need if k not in gt]
     if missing:
         raise SystemExit(f"{scene.root}: test views lack ground-truth {', '.join(missing)} maps")
-    envs = [k[len("rgba_"):] for k in gt if k.startswith("rgba_") and k[len("rgba_"):] in scene.envmaps]
-    if not envs:
-        raise SystemExit(f"{scene.root}: no rgba_<env> ground truth with a matching envmaps/<env> file")
+    maps, note = find_envmaps(views, scene, None)
+    if not maps:
+        raise SystemExit(f"{scene.root}: nothing to relight with: {note}")
+    envs = list(maps)
     mips = _Mips()(run.light.resolution)
-    lights = {e: load_envmap_light(scene.envmaps[e], run.light.resolution) for e in envs}
+    lights = {e: load_envmap_light(path, run.light.resolution) for e, path in maps.items()}
     bg = torch.ones(3) if scene.white_background else torch.zeros(3)
     idx = list(range(0, len(views), a.views_every))
     scores = {r: {"all": [], "dielectric": [], "metal": [], "brightness": []} for r in ROWS}

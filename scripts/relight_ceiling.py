@@ -22,7 +22,7 @@ import torch
 def main() -> None:
     from invrender.cameras import pixel_rays
     from invrender.data import load_scene
-    from invrender.eval import composite_display
+    from invrender.eval import composite_display, find_envmaps
     from invrender.metrics import psnr
     from invrender.relight import load_envmap_light
     from invrender.shading.prefilter import SpecularMips
@@ -41,15 +41,15 @@ def main() -> None:
     missing = [k for k in need if k not in gt]
     if missing:
         raise SystemExit(f"{a.data}: test views lack ground-truth {', '.join(missing)} maps")
-    envs = [k[len("rgba_"):] for k in gt if k.startswith("rgba_") and k[len("rgba_"):] in scene.envmaps]
-    if not envs:
-        raise SystemExit(f"{a.data}: no rgba_<env> ground truth with a matching envmaps/<env> file")
+    maps, note = find_envmaps(views, scene, None)
+    if not maps:
+        raise SystemExit(f"{a.data}: nothing to relight with: {note}")
     mips = SpecularMips(a.light_resolution)
     bg = torch.ones(3) if scene.white_background else torch.zeros(3)
     out: dict[str, dict[str, float]] = {}
     with torch.no_grad():
-        for env in envs:
-            light = load_envmap_light(scene.envmaps[env], a.light_resolution)
+        for env, path in maps.items():
+            light = load_envmap_light(path, a.light_resolution)
             rec = {"psnr_obj": [], "psnr_obj_dielectric": [], "psnr_obj_metal": [], "brightness_ratio": []}
             for i in range(0, len(views), a.views_every):
                 K, vm = views.Ks[i], views.viewmats[i]
