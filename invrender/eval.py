@@ -202,10 +202,13 @@ def render_run_view(
     material_override: dict[str, float] | None = None,
     mips=None,
     backend: str = "auto",
+    visibility_per_pixel: bool = False,
 ) -> PRDRender:
     """View ``i`` of ``views`` as the run renders it: the run's blend (unless ``blend``), its learned
     light (unless ``light``), its baked visibility and tone mapping, and the preset's fixed progress.
-    No background: ``final`` is premultiplied by ``alpha``."""
+    No background: ``final`` is premultiplied by ``alpha``. ``visibility_per_pixel``: the G-buffer
+    keeps a shadowing transfer record per pixel, to be shaded under other lights
+    (:func:`invrender.distill.model.render_prd`; Gaussian runs)."""
     blend = blend or run.blend
     # a new light relights the run: the learned light stays the reference of the radiance residual
     target = light if (light is not None and run.light is not None and light is not run.light) else None
@@ -229,7 +232,7 @@ def render_run_view(
         prd_params(run), light, views.viewmats[i].to(device), views.Ks[i].to(device), views.width, views.height,
         run.meta["sh_degree"], None, blend=blend, visibility=run.visibility, mips=mips,
         tonemapping=run.tonemapping, albedo_scale=albedo_scale, material_override=override or None,
-        target_light=target, backend=backend,
+        target_light=target, backend=backend, visibility_per_pixel=visibility_per_pixel,
     )
 
 

@@ -74,7 +74,8 @@ def main() -> None:
     normal_err = {"dielectric": [], "metal": []}
     with torch.no_grad():
         # the evaluation's albedo scale, from the same views
-        first = [render_run_view(run, views, i, blend="pbr", mips=mips) for i in idx]
+        # (a shadowing transfer record stays per pixel, so each map is shaded with its own shadows)
+        first = [render_run_view(run, views, i, blend="pbr", mips=mips, visibility_per_pixel=True) for i in idx]
         objs = [gt[f"rgba_{envs[0]}"][i][..., 3] > 0.5 for i in idx]
         pred = torch.cat([o.gbuffer.albedo[m] for o, m in zip(first, objs)])
         ref = torch.cat([gt["albedo"][i][m] for i, m in zip(idx, objs)])

@@ -11,6 +11,7 @@ from invrender.distill.model import depth_to_normal, gaussian_normals, material_
 from invrender.distill.schedule import DistillConfig, PRDSchedule, blend_for, progress_override
 from invrender.distill.trainer import PRDTrainer, edge_aware_smoothness, white_light_prior
 from invrender.distill.visibility import AOConfig
+from invrender.shading.shadowing import light_visibility
 from invrender.shading.light import EnvironmentLight
 from invrender.splat.gaussians import render_view
 from invrender.splat.strategy import DensifyStrategy
@@ -166,6 +167,18 @@ def _cfg(data, out, **kw):
     )
 
 
+def test_ambient_visibility_when_the_shadowing_transfer_is_off(embedded_scene, tmp_path):
+    cfg = _cfg(embedded_scene, tmp_path / "r")
+    cfg.distill.ao = AOConfig(grid_resolution=16, num_directions=4, shadow_sh_degree=None)
+    t = PRDTrainer(cfg)
+    for _ in range(11):  # into stage 2
+        t.train_step()
+    n = t.params["means"].shape[0]
+    assert t.visibility is not None and t.visibility.shape == (n, 1)
+    assert 0 <= float(t.visibility.min()) and float(t.visibility.max()) <= 1
+    assert float(t.visibility.min()) >= cfg.distill.ao.indirect - 1e-6  # AO + fill (1 - AO) >= fill
+
+
 def test_stage_switches_do_what_prd_says(embedded_scene, tmp_path):
     t = PRDTrainer(_cfg(embedded_scene, tmp_path / "r"))
     for _ in range(10):
@@ -174,9 +187,14 @@ def test_stage_switches_do_what_prd_says(embedded_scene, tmp_path):
     n = t.params["means"].shape[0]
     t.train_step()  # step 11: specular distillation starts
     d = t.cfg.distill
-    assert t.visibility is not None and t.visibility.shape == (n, 1)
-    assert 0 <= float(t.visibility.min()) and float(t.visibility.max()) <= 1
-    assert float(t.visibility.min()) >= d.ao.indirect - 1e-6  # the bounce fill is part of the bake
+    # the shadowing transfer record (degree 3: 16 + 16 SH coefficients and the bounce fill)
+    k = (d.ao.shadow_sh_degree + 1) ** 2
+    assert t.visibility is not None and t.visibility.shape == (n, 2 * k + 1)
+    ao = t.visibility[:, 0] / t.visibility[:, k]
+    torch.testing.assert_close(t.visibility[:, -1], d.ao.indirect * (1 - ao))  # the bounce fill is part of the bake
+    under_light = light_visibility(t.visibility, t.light)
+    assert under_light.shape == (n, 3)
+    assert 0 <= float(under_light.min()) and float(under_light.max()) <= 1
     assert t.optimizers["means"].param_groups[0]["lr"] < t.cfg.lr.means * t.extent * d.geometry_lr_scale * 1.0001
     albedo = torch.sigmoid(t.params["albedo"])
     assert torch.allclose(albedo, torch.full_like(albedo, 0.99), atol=0.02)  # one Adam step away from 0.99

@@ -86,6 +86,33 @@ def test_eval_without_relighting_and_for_a_run_without_materials(tiny_prd_run, t
     assert _finite(m["relight_psnr"]["mean"]) and _finite(m["grey_baseline_relight_psnr_obj"]["mean"])
 
 
+def test_relit_shadows_are_the_new_lights_own(tiny_prd_run, embedded_scene):
+    """A run's visibility is a shadowing transfer record: relit, the diffuse term is shadowed for
+    the new light (what rendering under that light directly gives), not for the learned one."""
+    from invrender.eval import _load_split, prd_params
+    from invrender.shading.shadowing import is_transfer_record
+
+    run = load_run(tiny_prd_run)
+    assert run.visibility is not None and is_transfer_record(run.visibility)
+    _, views = _load_split(run, "test", load_gt=False)
+    sunset = load_envmap_light(embedded_scene / "envmaps" / "sunset.hdr", run.light.resolution)
+    args = (prd_params(run), views.viewmats[0], views.Ks[0], views.width, views.height, run.meta["sh_degree"])
+    params, rest = args[0], args[1:]
+    with torch.no_grad():
+        relit = render_prd(params, run.light, *rest, blend="pbr", visibility=run.visibility, target_light=sunset)
+        direct = render_prd(params, sunset, *rest, blend="pbr", visibility=run.visibility)
+        learned = render_prd(params, run.light, *rest, blend="pbr", visibility=run.visibility)
+        # the viewer's way: the record rasterized per pixel, read by shade() for each light
+        per_pixel = render_prd(params, sunset, *rest, blend="pbr", visibility=run.visibility,
+                               visibility_per_pixel=True)
+    torch.testing.assert_close(relit.final, direct.final, atol=1e-5, rtol=0)
+    assert learned.gbuffer.visibility.shape[-1] == 3 and per_pixel.gbuffer.visibility.shape[-1] == 33
+    obj = direct.alpha[..., 0] > 0.5
+    assert float((direct.gbuffer.visibility - learned.gbuffer.visibility)[obj].abs().max()) > 1e-3
+    # per pixel the ratio of blended records, per Gaussian the blend of ratios: close, not equal
+    assert float((per_pixel.final - direct.final)[obj].abs().mean()) < 0.02
+
+
 def test_albedo_alignment_recovers_a_per_channel_scale():
     g = torch.Generator().manual_seed(0)
     gt = torch.rand(2, 16, 16, 3, generator=g) * 0.8 + 0.1  # [V, H, W, 3] linear

@@ -89,8 +89,13 @@ def test_learned_and_relit_frames_equal_render_prd(ctx):
     a = ref.alpha
     expect = (ref.final / a.clamp(min=1e-4)).clamp(0, 1) * a + (1 - a)
     got = render_buffer(ctx, ViewerState(resolution=res, envmap="sunset", rotation_deg=30.0, intensity=1.5), cam)
-    # the intensity is applied after shading (linear), the light's log floor of 1e-6 before: same to 1e-4
-    torch.testing.assert_close(got, expect, atol=2e-3, rtol=0)
+    # the intensity is applied after shading (linear), the light's log floor of 1e-6 before: same to 1e-4.
+    # The shadows differ a little: the viewer rasterizes the shadowing transfer records once and reads
+    # them per pixel for any light (ratio of blends), render_prd reads them per Gaussian for the
+    # light it shades with (blend of ratios); they part only where Gaussians of different
+    # visibility mix in one pixel
+    torch.testing.assert_close(got, expect, atol=1e-2, rtol=0)
+    assert float((got - expect).abs().mean()) < 1e-3
 
 
 def test_light_controls_change_the_image_and_reuse_the_caches(ctx, cam):
@@ -273,7 +278,7 @@ def test_mesh_backend_goes_through_render_mesh_view(ctx, cam, tmp_path, monkeypa
         from invrender.eval import prd_params
 
         return render_prd(prd_params(ctx.run), ctx.run.light, viewmat, K, width, height, ctx.run.meta["sh_degree"],
-                          None, blend="radiance", visibility=ctx.run.visibility)
+                          None, blend="radiance", visibility=ctx.run.visibility, visibility_per_pixel=True)
 
     fake_module = types.SimpleNamespace(render_mesh_view=fake_render_mesh_view)
     monkeypatch.setitem(sys.modules, "invrender.mesh.render", fake_module)

@@ -10,7 +10,12 @@ import pytest
 import torch
 from torch import Tensor
 
-from invrender.distill.visibility import AOConfig, bake_ambient_occlusion, diffuse_visibility
+from invrender.distill.visibility import (
+    AOConfig, bake_ambient_occlusion, bake_visibility_transfer, diffuse_visibility, transfer_visibility,
+)
+from invrender.shading.light import EnvironmentLight, cube_directions
+from invrender.shading.shadowing import light_visibility
+from invrender.splat.sh import sh_basis
 
 SPACING = 0.05  # centre spacing of the surfels that tile every sheet
 RES = 48  # test grids are coarse: the geometry below spans ~25-50 voxels
@@ -191,9 +196,12 @@ def test_bad_knobs_raise():
 def test_config_matches_function_defaults():
     params = inspect.signature(bake_ambient_occlusion).parameters
     kwargs = AOConfig().bake_kwargs()
-    assert set(kwargs) == {f.name for f in dataclasses.fields(AOConfig)} - {"indirect"}
+    assert set(kwargs) == {f.name for f in dataclasses.fields(AOConfig)} - {"indirect", "shadow_sh_degree"}
+    transfer_params = inspect.signature(bake_visibility_transfer).parameters
     for name, default in kwargs.items():
         assert params[name].default == default, name
+        assert transfer_params[name].default == default, name
+    assert transfer_params["sh_degree"].default == AOConfig().shadow_sh_degree
     # the config splats straight into the call
     scene = _random_scene(10)
     assert bake_ambient_occlusion(**scene, **AOConfig(grid_resolution=16).bake_kwargs()).shape == (10,)
@@ -242,3 +250,85 @@ def test_density_normals_point_out_of_a_solid_slab():
     # with the given normals (all +z) the bottom sheet looks into the slab
     ao_given = bake_ambient_occlusion(*args, slab["normals"], grid_resolution=48, num_directions=16)
     assert ao_given[bottom] < 0.2
+
+
+# ---------------------------------------------------------------------------------------------
+# light-dependent shadowing (bake_visibility_transfer + shading.shadowing.light_visibility)
+
+
+def _sun_light(direction: tuple[float, float, float], resolution: int = 16) -> EnvironmentLight:
+    """A dim sky with a bright lobe around ``direction``."""
+    light = EnvironmentLight(resolution)
+    d = cube_directions(resolution)
+    s = torch.nn.functional.normalize(torch.tensor(direction), dim=0)
+    rad = 0.05 + 20.0 * (d @ s).clamp(min=0) ** 32
+    with torch.no_grad():
+        light.log_radiance.copy_(torch.log(rad)[..., None].expand(-1, -1, -1, 3))
+    return light
+
+
+def _floor_and_wall() -> tuple[dict[str, Tensor], int]:
+    """A floor (normal +z) and, 0.3 to its +x side, a tall wall facing it: the floor's centre cannot
+    see a sun low in the +x sky but sees one low in the -x sky."""
+    scene = _cat(_sheet("z", 0.0, (-1.0, 1.0), (-1.0, 1.0), +1.0), _sheet("x", 0.3, (-1.5, 1.5), (0.0, 1.5), -1.0))
+    return scene, _index_of(scene, (0.0, 0.0, 0.0), (0.0, 0.0, 1.0))
+
+
+def test_transfer_gives_the_ambient_occlusion_back_and_the_open_sky_projects_the_cosine():
+    scene, probe = _floor_and_wall()
+    kw = dict(grid_resolution=RES, num_directions=64)
+    transfer = bake_visibility_transfer(**scene, sh_degree=3, **kw)
+    assert transfer.shape == (scene["means"].shape[0], 32)
+    ao = bake_ambient_occlusion(**scene, **kw)
+    # T_0 / U_0 is the same mean over the same directions as the AO bake
+    torch.testing.assert_close(transfer[:, 0] / transfer[:, 16], ao, atol=1e-5, rtol=0)
+    assert float(ao[probe]) < 0.8  # the wall is there
+    # U is the cosine lobe's projection, pi Y_0, 2 pi / 3 Y_1m, pi / 4 Y_2m, 0 for band 3, up to the
+    # 64-direction quadrature
+    n = scene["normals"][probe]
+    band = torch.tensor([math.pi] + [2 * math.pi / 3] * 3 + [math.pi / 4] * 5 + [0.0] * 7)
+    want = band * sh_basis(3, n)
+    torch.testing.assert_close(transfer[probe, 16:25], want[:9], atol=0.02, rtol=0)
+    torch.testing.assert_close(transfer[probe, 25:], want[9:], atol=0.05, rtol=0)  # aliasing of the 64 samples
+    rec = transfer_visibility(transfer, 0.5)
+    assert rec.shape == (transfer.shape[0], 33)
+    torch.testing.assert_close(rec[:, -1], 0.5 * (1 - ao), atol=1e-5, rtol=0)
+
+
+def test_a_hidden_sun_shadows_the_diffuse_term_and_a_visible_one_does_not():
+    scene, probe = _floor_and_wall()
+    rec = transfer_visibility(bake_visibility_transfer(**scene, sh_degree=3, grid_resolution=RES), 0.0)
+    ao = float(rec[probe, 0] / rec[probe, 16])
+    with torch.no_grad():
+        behind_wall = light_visibility(rec, _sun_light((1.0, 0.0, 0.6)))[probe]
+        open_side = light_visibility(rec, _sun_light((-1.0, 0.0, 0.6)))[probe]
+    assert behind_wall.shape == (3,)
+    assert float(behind_wall.max()) < 0.6 * ao < float(open_side.min())
+    assert float(open_side.min()) > 0.85
+    # a uniform sky only has a constant SH term: the ratio is the ambient occlusion exactly
+    uniform = EnvironmentLight(16, init_radiance=0.7)
+    with torch.no_grad():
+        torch.testing.assert_close(light_visibility(rec, uniform)[probe], torch.full((3,), ao), atol=1e-5, rtol=0)
+        # the bounce fill is added on top, and the result never exceeds 1
+        filled = light_visibility(transfer_visibility(rec[:, :32], 0.5), _sun_light((-1.0, 0.0, 0.6)))
+    assert float(filled.max()) <= 1.0 and bool((filled[probe] >= open_side - 1e-6).all())
+    # an ambient visibility is the same for every light
+    amb = torch.rand(5, 1)
+    assert light_visibility(amb, uniform) is amb
+
+
+def test_light_visibility_follows_the_light_gradient_and_refuses_odd_shapes():
+    scene, probe = _floor_and_wall()
+    rec = transfer_visibility(bake_visibility_transfer(**scene, sh_degree=2, grid_resolution=32, num_directions=16), 0.0)
+    assert rec.shape[1] == 19
+    light = _sun_light((0.3, 0.0, 1.0), resolution=8)  # high enough to be partly seen: not clamped
+    vis = light_visibility(rec, light)[probe]
+    assert 0.0 < float(vis.detach().min()) and float(vis.detach().max()) < 1.0
+    vis.sum().backward()
+    assert light.log_radiance.grad is not None and bool(light.log_radiance.grad.abs().sum() > 0)
+    with pytest.raises(ValueError, match="transfer record"):
+        light_visibility(torch.zeros(4, 7), light)
+    with pytest.raises(ValueError, match="sh_degree"):
+        bake_visibility_transfer(**scene, sh_degree=0)
+    with pytest.raises(ValueError, match="shadow-sh-degree"):
+        AOConfig(shadow_sh_degree=4)

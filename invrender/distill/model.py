@@ -29,6 +29,7 @@ from invrender.cameras import pixel_rays
 from invrender.shading.light import EnvironmentLight
 from invrender.shading.prefilter import SpecularMips
 from invrender.shading.shade import MAX_RESIDUAL, GBuffer, progress_blend, shade
+from invrender.shading.shadowing import is_transfer_record, light_visibility
 from invrender.shading.tonemap import tonemap
 from invrender.splat.composite import composite
 from invrender.splat.gaussians import project_with_colors
@@ -110,7 +111,7 @@ def render_prd(
     background: Tensor | None = None,  # [3]
     *,
     blend: str = "prd",
-    visibility: Tensor | None = None,  # [N, 1] baked ambient visibility
+    visibility: Tensor | None = None,  # [N, 1] ambient or [N, 2K+1] transfer visibility (distill.visibility)
     mips: SpecularMips | None = None,
     tonemapping: str = "srgb",
     albedo_scale: Tensor | None = None,  # [3] (evaluation: per-channel albedo alignment)
@@ -118,6 +119,7 @@ def render_prd(
     target_light: EnvironmentLight | None = None,
     max_residual: float = MAX_RESIDUAL,
     backend: str = "auto",
+    visibility_per_pixel: bool = False,
 ) -> PRDRender:
     """Deferred PRD rendering of one view (see the module docstring).
 
@@ -130,7 +132,12 @@ def render_prd(
         final = p * tonemap(pbr_new) + (1 - p) * tonemap(pbr_new * lin(radiance) / pbr_train).
 
     ``blend``: ``prd`` (learned progress), ``pbr`` (progress 1), ``radiance`` (progress 0),
-    ``specular`` (stage 2 of PRD: metallic held at 1 and only the specular term, blended by progress)."""
+    ``specular`` (stage 2 of PRD: metallic held at 1 and only the specular term, blended by progress).
+
+    A transfer-record ``visibility`` (:mod:`invrender.shading.shadowing`) is read per Gaussian for
+    ``light`` (and ``target_light``) before rasterizing, 3 channels each; with
+    ``visibility_per_pixel`` the record itself is rasterized instead and ``gbuffer.visibility``
+    holds it, for callers that shade the same buffers under several lights (the viewer)."""
     if blend not in BLEND_MODES:
         raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
     means = params["means"]
@@ -142,24 +149,37 @@ def render_prd(
         mats = dict(mats)
         for k, v in material_override.items():
             mats[k] = torch.full_like(mats[k], float(v))
-    vis = visibility if visibility is not None else torch.ones(n, 1, device=means.device)
+    # the diffuse visibility under the light shaded with (and under the relighting target: a
+    # baked transfer shadows each light differently; an ambient visibility is the same for both)
+    vis_target = None
+    if visibility is None:
+        vis = torch.ones(n, 1, device=means.device)
+    elif visibility_per_pixel or light is None or not is_transfer_record(visibility):
+        vis = visibility  # (the radiance blend needs no light and reads no visibility)
+    else:
+        vis = light_visibility(visibility, light)
+        if target_light is not None:
+            vis_target = light_visibility(visibility, target_light)
+    extra = [vis] if vis_target is None else [vis, vis_target]
     feats = torch.cat(
-        [radiance, mats["albedo"], mats["roughness"], mats["metallic"], normals, mats["progress"], vis], dim=-1
-    )  # [N, 13]
+        [radiance, mats["albedo"], mats["roughness"], mats["metallic"], normals, mats["progress"], *extra], dim=-1
+    )  # [N, 12 + visibility channels]
     img, depth, alpha = composite(
         proj.means2d, proj.conics, torch.sigmoid(params["opacities"]), feats, proj.depths, proj.radii,
         width, height, backend=backend,
     )
     a = alpha.clamp(min=1e-4)
-    surf = img / a  # [H, W, 13] per-surface values
-    rad_px, albedo, rough, metal, nrm, prog, vis_px = surf.split([3, 3, 1, 1, 3, 1, 1], dim=-1)
+    surf = img / a  # [H, W, C] per-surface values
+    rad_px, albedo, rough, metal, nrm, prog, *vis_px = surf.split([3, 3, 1, 1, 3, 1] + [t.shape[-1] for t in extra], dim=-1)
+    vis_px[0] = vis_px[0] if is_transfer_record(vis_px[0]) else vis_px[0].clamp(0, 1)  # (records hold SH, signed)
     g = GBuffer(albedo=albedo.clamp(0, 1), roughness=rough.clamp(0, 1), metallic=metal.clamp(0, 1), normal=nrm,
-                alpha=alpha, radiance=rad_px, progress=prog.clamp(0, 1), visibility=vis_px.clamp(0, 1))
+                alpha=alpha, radiance=rad_px, progress=prog.clamp(0, 1), visibility=vis_px[0])
     view_dirs = F.normalize(pixel_rays(K.to(means.dtype), width, height) @ viewmat[:3, :3], dim=-1)  # [H, W, 3] world
     z = torch.where(alpha > 1e-4, depth / a, torch.zeros_like(depth))
     return finish_render(
         g, light, viewmat, K, z, view_dirs, background, blend=blend, mips=mips, tonemapping=tonemapping,
         albedo_scale=albedo_scale, target_light=target_light, max_residual=max_residual, projected=proj,
+        target_visibility=vis_px[1].clamp(0, 1) if vis_target is not None else None,
     )
 
 
@@ -174,9 +194,12 @@ def blend_shading(
     target_light: EnvironmentLight | None = None,
     albedo_learned: Tensor | None = None,  # [H, W, 3] the albedo before evaluation scaling
     max_residual: float = MAX_RESIDUAL,
+    target_visibility: Tensor | None = None,  # [H, W, C] the diffuse visibility under target_light
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Shade a G-buffer and blend it with its radiance by progress (:func:`progress_blend`):
-    ``(blended [H, W, 3] display space per surface, pbr_linear, pbr)``."""
+    ``(blended [H, W, 3] display space per surface, pbr_linear, pbr)``. ``g.visibility`` is the
+    one under ``light``; ``target_visibility``, when the shadows depend on the light, the one
+    under ``target_light`` (default: the same)."""
     if blend == "radiance":
         pbr_linear = torch.zeros_like(g.radiance)
         return g.radiance, pbr_linear, pbr_linear
@@ -184,7 +207,8 @@ def blend_shading(
         raise ValueError(f"blend '{blend}' needs an environment light")
     train = None
     if target_light is not None:
-        sh = shade(g, target_light, view_dirs, mips=mips, tonemapping=tonemapping)
+        g_target = g if target_visibility is None else dataclasses.replace(g, visibility=target_visibility)
+        sh = shade(g_target, target_light, view_dirs, mips=mips, tonemapping=tonemapping)
         pbr_linear, pbr = sh.pbr_linear, sh.pbr
         if blend != "pbr":
             g_train = g if albedo_learned is None else dataclasses.replace(g, albedo=albedo_learned)
@@ -218,6 +242,7 @@ def finish_render(
     target_light: EnvironmentLight | None = None,
     max_residual: float = MAX_RESIDUAL,
     projected: Projected | None = None,
+    target_visibility: Tensor | None = None,  # [H, W, C] (see blend_shading)
 ) -> PRDRender:
     """Everything after rasterization, the same for both geometry backends: the evaluation's
     albedo scale, the specular stage's metallic held at 1, :func:`blend_shading`, coverage and
@@ -229,7 +254,7 @@ def finish_render(
         g = dataclasses.replace(g, metallic=torch.ones_like(g.metallic))
     blended, pbr_linear, pbr = blend_shading(
         g, light, view_dirs, blend=blend, mips=mips, tonemapping=tonemapping, target_light=target_light,
-        albedo_learned=albedo_learned, max_residual=max_residual,
+        albedo_learned=albedo_learned, max_residual=max_residual, target_visibility=target_visibility,
     )
     final = blended * g.alpha
     if background is not None:

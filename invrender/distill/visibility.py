@@ -1,11 +1,13 @@
-"""Baked ambient occlusion: per-Gaussian visibility of the sky for the diffuse term.
+"""Baked visibility: per-Gaussian visibility of the sky for the diffuse term.
 
 The diffuse shading of a Gaussian integrates the environment over the cosine-weighted hemisphere
 around its normal; the scene itself blocks part of that hemisphere (inside a cup, under a ledge).
 :func:`bake_ambient_occlusion` estimates, once and without gradients, the cosine-weighted
 fraction of the hemisphere that reaches the sky, ``AO = (1/pi) int_H T(w) (n.w) dw``, where
 ``T(w)`` is the transmittance of the Gaussian scene along the ray leaving the Gaussian in
-direction ``w``. The method, and why:
+direction ``w``. :func:`bake_visibility_transfer` marches the same rays and keeps *where* the sky
+is blocked, as SH coefficients of ``T(w) (n.w)`` (PRD bakes SH visibility too), so that a light
+whose bright part is hidden shadows the point (:mod:`invrender.shading.shadowing`). The method, and why:
 
 1. **Voxelize to an optical-density grid.** Tracing rays against every Gaussian is O(N) per ray;
    a dense grid (cubic voxels) over the Gaussians' padded, outlier-robust bounding box makes each
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +58,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from invrender.splat.project import quat_to_rotmat
+from invrender.shading.shadowing import RECORD_SH_SIZES
+from invrender.splat.sh import sh_basis
 
 _MAX_ALPHA = 0.999  # opacity 1 would give infinite extinction; 0.999 is already optical depth 6.9
 _TAU_CUTOFF = 9.0  # a ray whose optical depth passed this has T < 1.3e-4: stop marching it
@@ -74,8 +79,9 @@ class AOConfig:
 
     grid_resolution: int = 96
     """Voxels along the longest side of the density grid (the other sides keep cubic voxels)."""
-    num_directions: int = 32
-    """Cosine-weighted hemisphere directions marched per Gaussian (fixed Fibonacci pattern)."""
+    num_directions: int = 64
+    """Cosine-weighted hemisphere directions marched per Gaussian (fixed Fibonacci pattern); 64 so the
+    degree-3 shadowing transfer is resolved (128 gave the same relighting on the embedded scene)."""
     max_distance: float | None = None
     """Occluders farther than this (world units) are ignored; None marches until the ray leaves the grid."""
     offset: float = 2.0
@@ -89,12 +95,22 @@ class AOConfig:
     bounce, which the shading does not trace): the diffuse term uses ``AO + indirect (1 - AO)``
     (:func:`diffuse_visibility`). 0 is plain AO. See the README for how 0.5 was measured."""
 
+    shadow_sh_degree: int | None = 3
+    """SH degree (1-3) of the light-dependent shadowing transfer (:func:`bake_visibility_transfer`):
+    the diffuse term sees which part of each light is blocked, so a hidden sun casts a (soft)
+    shadow. None: ambient occlusion only, the same for every light. The mesh stage and the glTF
+    export keep the ambient occlusion."""
+
     def __post_init__(self) -> None:
-        _check_fraction("ao.indirect", self.indirect)  # fail at the command line, not when stage 2 starts
+        # fail at the command line, not when stage 2 starts
+        _check_fraction("ao.indirect", self.indirect)
+        if self.shadow_sh_degree is not None and not 1 <= self.shadow_sh_degree <= 3:
+            raise ValueError(f"ao.shadow-sh-degree must be 1, 2, 3 or None, got {self.shadow_sh_degree}")
 
     def bake_kwargs(self) -> dict:
-        """The keyword arguments of :func:`bake_ambient_occlusion` (everything but ``indirect``)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "indirect"}
+        """The keyword arguments of :func:`bake_ambient_occlusion` (everything but ``indirect`` and
+        ``shadow_sh_degree``); :func:`bake_visibility_transfer` takes the same plus ``sh_degree``."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("indirect", "shadow_sh_degree")}
 
 
 def diffuse_visibility(ao: Tensor, indirect: float) -> Tensor:
@@ -346,6 +362,107 @@ def _density_normals(volume: Tensor, pts: Tensor, to_ndc: Tensor, blur: int = 2,
     return torch.where(norm > 1e-12, n / norm.clamp(min=1e-12), fallback)
 
 
+def _check_bake_inputs(
+    means: Tensor, scales: Tensor, quats: Tensor, opacities: Tensor, normals: Tensor | None, grid_resolution: int,
+    num_directions: int, max_distance: float | None, offset: float, chunk: int, points: Tensor | None,
+    point_normals: Tensor | None,
+) -> None:
+    if means.ndim != 2 or means.shape[1] != 3:
+        raise ValueError(f"means must be [N, 3], got {tuple(means.shape)}")
+    n = means.shape[0]
+    _check_shape("scales", scales, (n, 3))
+    _check_shape("quats", quats, (n, 4))
+    _check_shape("opacities", opacities, (n,))
+    if normals is not None:
+        _check_shape("normals", normals, (n, 3))
+    if grid_resolution < 2:
+        raise ValueError(f"grid_resolution must be >= 2, got {grid_resolution}")
+    if num_directions < 1:
+        raise ValueError(f"num_directions must be >= 1, got {num_directions}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0 voxels, got {offset}")
+    if max_distance is not None and not max_distance > 0:
+        raise ValueError(f"max_distance must be > 0 or None, got {max_distance}")
+    if (points is None) != (point_normals is None):
+        raise ValueError("points and point_normals go together")
+    if points is not None:
+        if points.ndim != 2 or points.shape[1] != 3:
+            raise ValueError(f"points must be [P, 3], got {tuple(points.shape)}")
+        _check_shape("point_normals", point_normals, (points.shape[0], 3))
+
+
+def _trace_hemispheres(
+    means: Tensor, scales: Tensor, quats: Tensor, opacities: Tensor, normals: Tensor | None, *,
+    grid_resolution: int, num_directions: int, max_distance: float | None, offset: float, chunk: int,
+    points: Tensor | None, point_normals: Tensor | None,
+) -> Iterator[tuple[slice, Tensor, Tensor]]:
+    """The march shared by the bakes (module docstring): yields, chunk by chunk of query points
+    (the Gaussians' centres, or ``points``), their slice, the transmittance ``[C, D]`` along each
+    cosine-distributed direction and those directions ``[C, D, 3]`` (world space, unit)."""
+    device = means.device
+    with torch.no_grad():
+        means = means.detach().float()
+        scales = scales.detach().float()
+        quats = quats.detach().float()
+        opacities = opacities.detach().float()
+
+        origin, voxel, dims = _grid_box(means, scales, quats, grid_resolution)
+        density = _density_grid(means, scales, quats, opacities, origin, voxel, dims)  # [nz, ny, nx]
+        volume = density[None, None]  # [1, 1, nz, ny, nx] for grid_sample
+        nx, ny, nz = dims
+        # voxel coordinates -> grid_sample's [-1, 1] (align_corners: -1/+1 are the end voxel centres)
+        to_ndc = 2.0 / torch.tensor([max(nx - 1, 1), max(ny - 1, 1), max(nz - 1, 1)], device=device).float()
+        if points is not None:  # surface points: no Gaussian of their own to step out of
+            q_pts, normals = points.detach().float().to(device), point_normals.detach().float().to(device)
+            q_own = torch.zeros(q_pts.shape[0], device=device)
+        else:
+            if normals is None:
+                normals = _density_normals(volume, (means - origin) / voxel, to_ndc)
+            normals = normals.detach().float()
+            q_pts = means
+            # the Gaussian's own standard deviation along its normal: ||S R^T n||
+            nrm_all = normals / normals.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+            q_own = ((quat_to_rotmat(quats).transpose(1, 2) @ nrm_all[:, :, None]).squeeze(-1) * scales).norm(dim=-1)
+        n = q_pts.shape[0]
+        # trilinear reads are nonzero up to one voxel past the end centres
+        box_lo = torch.full((3,), -1.0, device=device)
+        box_hi = torch.tensor([nx, ny, nz], device=device).float()
+        reach = math.inf if max_distance is None else max_distance / voxel  # in voxels
+
+        local_dirs = cosine_hemisphere_directions(num_directions, device)  # [D, 3]
+        for start in range(0, n, chunk):
+            sl = slice(start, min(start + chunk, n))
+            nrm = normals[sl] / normals[sl].norm(dim=-1, keepdim=True).clamp(min=1e-12)  # [C, 3]
+            t1, t2 = _tangent_frame(nrm)
+            dirs = (
+                local_dirs[None, :, 0:1] * t1[:, None]
+                + local_dirs[None, :, 1:2] * t2[:, None]
+                + local_dirs[None, :, 2:3] * nrm[:, None]
+            )  # [C, D, 3]
+            start_vox = offset + 2.0 * q_own[sl] / voxel  # [C]
+            o = (q_pts[sl] - origin) / voxel + start_vox[:, None] * nrm  # [C, 3] ray origins, voxels
+            o = o[:, None].expand_as(dirs).reshape(-1, 3)  # [R, 3]
+            d = dirs.reshape(-1, 3)  # [R, 3]; unit, so one voxel of t is one voxel of distance
+            t_end = _ray_box_exit(o, d, box_lo, box_hi).clamp(max=reach)  # [R]
+            n_steps = t_end.ceil().clamp(min=0).long()  # [R] one-voxel steps, samples at k + 1/2
+            tau = torch.zeros(o.shape[0], device=device)  # [R] optical depth
+            active = (n_steps > 0).nonzero().squeeze(1)
+            k0 = 0
+            while active.numel() > 0:
+                t = k0 + 0.5 + torch.arange(_MARCH_BLOCK, device=device, dtype=torch.float32)  # [K]
+                pts = o[active, None, :] + t[None, :, None] * d[active, None, :]  # [A, K, 3]
+                grid = (pts * to_ndc - 1.0)[None, :, :, None, :]  # [1, A, K, 1, 3] as (x, y, z)
+                sig = F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+                sig = sig.view(active.shape[0], _MARCH_BLOCK)  # [A, K]
+                valid = t[None, :] < n_steps[active, None].float()  # the last block overshoots
+                tau[active] += (sig * valid).sum(dim=1)  # step = 1 voxel and sigma is per voxel
+                k0 += _MARCH_BLOCK
+                still = (n_steps[active] > k0) & (tau[active] < _TAU_CUTOFF)
+                active = active[still]
+            yield sl, torch.exp(-tau).view(-1, num_directions), dirs
+
 def bake_ambient_occlusion(
     means: Tensor,  # [N, 3] world positions
     scales: Tensor,  # [N, 3] activated (exp'd) scales
@@ -354,7 +471,7 @@ def bake_ambient_occlusion(
     normals: Tensor | None,  # [N, 3] unit outward normals (per Gaussian), or None: from the density
     *,
     grid_resolution: int = 96,
-    num_directions: int = 32,
+    num_directions: int = 64,
     max_distance: float | None = None,
     offset: float = 2.0,
     chunk: int = 8192,
@@ -387,93 +504,75 @@ def bake_ambient_occlusion(
         [N] float32 on ``means.device``; 1 = unoccluded, 0 = fully enclosed. See the module
         docstring for the method.
     """
-    if means.ndim != 2 or means.shape[1] != 3:
-        raise ValueError(f"means must be [N, 3], got {tuple(means.shape)}")
-    n = means.shape[0]
-    _check_shape("scales", scales, (n, 3))
-    _check_shape("quats", quats, (n, 4))
-    _check_shape("opacities", opacities, (n,))
-    if normals is not None:
-        _check_shape("normals", normals, (n, 3))
-    if grid_resolution < 2:
-        raise ValueError(f"grid_resolution must be >= 2, got {grid_resolution}")
-    if num_directions < 1:
-        raise ValueError(f"num_directions must be >= 1, got {num_directions}")
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
-    if offset < 0:
-        raise ValueError(f"offset must be >= 0 voxels, got {offset}")
-    if max_distance is not None and not max_distance > 0:
-        raise ValueError(f"max_distance must be > 0 or None, got {max_distance}")
-    if (points is None) != (point_normals is None):
-        raise ValueError("points and point_normals go together")
-    if points is not None:
-        if points.ndim != 2 or points.shape[1] != 3:
-            raise ValueError(f"points must be [P, 3], got {tuple(points.shape)}")
-        _check_shape("point_normals", point_normals, (points.shape[0], 3))
-    device = means.device
-    if n == 0:
-        return torch.empty(0 if points is None else points.shape[0], device=device, dtype=torch.float32)
+    _check_bake_inputs(means, scales, quats, opacities, normals, grid_resolution, num_directions, max_distance,
+                       offset, chunk, points, point_normals)
+    count = means.shape[0] if points is None else points.shape[0]
+    ao = torch.ones(count, device=means.device, dtype=torch.float32)
+    if means.shape[0] == 0:  # nothing to block the sky
+        return ao
+    for sl, transmittance, _ in _trace_hemispheres(
+        means, scales, quats, opacities, normals, grid_resolution=grid_resolution, num_directions=num_directions,
+        max_distance=max_distance, offset=offset, chunk=chunk, points=points, point_normals=point_normals,
+    ):
+        ao[sl] = transmittance.mean(dim=1)
+    return ao.clamp(0.0, 1.0)
 
-    with torch.no_grad():
-        means = means.detach().float()
-        scales = scales.detach().float()
-        quats = quats.detach().float()
-        opacities = opacities.detach().float()
 
-        origin, voxel, dims = _grid_box(means, scales, quats, grid_resolution)
-        density = _density_grid(means, scales, quats, opacities, origin, voxel, dims)  # [nz, ny, nx]
-        volume = density[None, None]  # [1, 1, nz, ny, nx] for grid_sample
-        nx, ny, nz = dims
-        # voxel coordinates -> grid_sample's [-1, 1] (align_corners: -1/+1 are the end voxel centres)
-        to_ndc = 2.0 / torch.tensor([max(nx - 1, 1), max(ny - 1, 1), max(nz - 1, 1)], device=device).float()
-        if points is not None:  # surface points: no Gaussian of their own to step out of
-            q_pts, normals = points.detach().float().to(device), point_normals.detach().float().to(device)
-            q_own = torch.zeros(q_pts.shape[0], device=device)
-        else:
-            if normals is None:
-                normals = _density_normals(volume, (means - origin) / voxel, to_ndc)
-            normals = normals.detach().float()
-            q_pts = means
-            # the Gaussian's own standard deviation along its normal: ||S R^T n||
-            nrm_all = normals / normals.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-            q_own = ((quat_to_rotmat(quats).transpose(1, 2) @ nrm_all[:, :, None]).squeeze(-1) * scales).norm(dim=-1)
-        n = q_pts.shape[0]
-        # trilinear reads are nonzero up to one voxel past the end centres
-        box_lo = torch.full((3,), -1.0, device=device)
-        box_hi = torch.tensor([nx, ny, nz], device=device).float()
-        reach = math.inf if max_distance is None else max_distance / voxel  # in voxels
+def bake_visibility_transfer(
+    means: Tensor,  # [N, 3]
+    scales: Tensor,  # [N, 3] activated
+    quats: Tensor,  # [N, 4] wxyz
+    opacities: Tensor,  # [N] activated
+    normals: Tensor | None,  # [N, 3] or None: from the density
+    *,
+    sh_degree: int = 3,
+    grid_resolution: int = 96,
+    num_directions: int = 64,
+    max_distance: float | None = None,
+    offset: float = 2.0,
+    chunk: int = 8192,
+) -> Tensor:
+    """Shadowing that depends on where the light comes from: per Gaussian, the projection on real
+    SH up to ``sh_degree`` of its cosine-weighted visibility, and of the same with nothing in the way,
 
-        local_dirs = cosine_hemisphere_directions(num_directions, device)  # [D, 3]
-        ao = torch.empty(n, device=device, dtype=torch.float32)
-        for start in range(0, n, chunk):
-            sl = slice(start, min(start + chunk, n))
-            nrm = normals[sl] / normals[sl].norm(dim=-1, keepdim=True).clamp(min=1e-12)  # [C, 3]
-            t1, t2 = _tangent_frame(nrm)
-            dirs = (
-                local_dirs[None, :, 0:1] * t1[:, None]
-                + local_dirs[None, :, 1:2] * t2[:, None]
-                + local_dirs[None, :, 2:3] * nrm[:, None]
-            )  # [C, D, 3]
-            start_vox = offset + 2.0 * q_own[sl] / voxel  # [C]
-            o = (q_pts[sl] - origin) / voxel + start_vox[:, None] * nrm  # [C, 3] ray origins, voxels
-            o = o[:, None].expand_as(dirs).reshape(-1, 3)  # [R, 3]
-            d = dirs.reshape(-1, 3)  # [R, 3]; unit, so one voxel of t is one voxel of distance
-            t_end = _ray_box_exit(o, d, box_lo, box_hi).clamp(max=reach)  # [R]
-            n_steps = t_end.ceil().clamp(min=0).long()  # [R] one-voxel steps, samples at k + 1/2
-            tau = torch.zeros(o.shape[0], device=device)  # [R] optical depth
-            active = (n_steps > 0).nonzero().squeeze(1)
-            k0 = 0
-            while active.numel() > 0:
-                t = k0 + 0.5 + torch.arange(_MARCH_BLOCK, device=device, dtype=torch.float32)  # [K]
-                pts = o[active, None, :] + t[None, :, None] * d[active, None, :]  # [A, K, 3]
-                grid = (pts * to_ndc - 1.0)[None, :, :, None, :]  # [1, A, K, 1, 3] as (x, y, z)
-                sig = F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-                sig = sig.view(active.shape[0], _MARCH_BLOCK)  # [A, K]
-                valid = t[None, :] < n_steps[active, None].float()  # the last block overshoots
-                tau[active] += (sig * valid).sum(dim=1)  # step = 1 voxel and sigma is per voxel
-                k0 += _MARCH_BLOCK
-                still = (n_steps[active] > k0) & (tau[active] < _TAU_CUTOFF)
-                active = active[still]
-            ao[sl] = torch.exp(-tau).view(-1, num_directions).mean(dim=1)
-        return ao.clamp(0.0, 1.0)
+        T_k = int_H Y_k(w) T(w) (n.w) dw,    U_k = int_H Y_k(w) (n.w) dw   (H: hemisphere around n),
+
+    both estimated over the same ``num_directions`` cosine-distributed directions as
+    :func:`bake_ambient_occlusion` (``(pi / D) sum_j Y_k(w_j) T(w_j)``). For a light with SH
+    coefficients ``L_k`` (:meth:`EnvironmentLight.sh_coefficients`), ``sum_k T_k L_k`` is the
+    irradiance that gets through and ``sum_k U_k L_k`` the irradiance of the open sky (precomputed
+    radiance transfer, Sloan et al. 2002); :func:`invrender.shading.shadowing.light_visibility`
+    shades with their ratio. Using
+    the same directions for both makes their sampling errors largely cancel in the ratio. The plain
+    ambient occlusion is ``T_0 / U_0`` exactly.
+
+    Returns:
+        ``[N, 2 K]`` float32, ``K = (sh_degree + 1)^2``: ``T`` then ``U``.
+    """
+    if not 1 <= sh_degree <= 3:
+        raise ValueError(f"sh_degree must be in 1..3, got {sh_degree} (degree 0 is bake_ambient_occlusion)")
+    _check_bake_inputs(means, scales, quats, opacities, normals, grid_resolution, num_directions, max_distance,
+                       offset, chunk, None, None)
+    k = (sh_degree + 1) ** 2
+    out = torch.zeros(means.shape[0], 2 * k, device=means.device, dtype=torch.float32)
+    for sl, transmittance, dirs in _trace_hemispheres(
+        means, scales, quats, opacities, normals, grid_resolution=grid_resolution, num_directions=num_directions,
+        max_distance=max_distance, offset=offset, chunk=chunk, points=None, point_normals=None,
+    ):
+        basis = sh_basis(sh_degree, dirs) * (math.pi / num_directions)  # [C, D, K]
+        out[sl, :k] = (basis * transmittance[..., None]).sum(dim=1)
+        out[sl, k:] = basis.sum(dim=1)
+    return out
+
+
+def transfer_visibility(transfer: Tensor, indirect: float) -> Tensor:
+    """Per-Gaussian transfer record ``[N, 2 K + 1]`` from a :func:`bake_visibility_transfer`
+    result ``[N, 2 K]``: the transfer, then the bounce fill ``indirect (1 - AO)`` of
+    :func:`diffuse_visibility` (light-independent). Read by
+    :func:`invrender.shading.shadowing.light_visibility`."""
+    _check_fraction("indirect", indirect)
+    if transfer.ndim != 2 or transfer.shape[1] % 2 or transfer.shape[1] // 2 not in RECORD_SH_SIZES:
+        raise ValueError(f"transfer must be [N, 2 K] with K in {RECORD_SH_SIZES}, got {tuple(transfer.shape)}")
+    k = transfer.shape[1] // 2
+    ao = (transfer[:, 0] / transfer[:, k].clamp(min=1e-12)).clamp(0.0, 1.0)  # Y_0 is a constant
+    return torch.cat([transfer, (indirect * (1.0 - ao))[:, None]], dim=1)

@@ -4,7 +4,8 @@ Both backends rasterize the same per-pixel buffers; :func:`shade` turns them int
 based colour with an :class:`~invrender.shading.light.EnvironmentLight` and blends it with the
 radiance colour by the progress map:
 
-    pbr_linear = albedo (1 - m) / pi * E(n) * visibility                 (diffuse, SH irradiance)
+    pbr_linear = albedo (1 - m) / pi * E(n) * visibility                 (diffuse, SH irradiance;
+                                                                          visibility: see shadowing.py)
                + sum_k w_k L_spec(d_k, r_k) * (F0 A(n.v, r) + B(n.v, r))  (specular, split sum)
     final      = progress * tonemap(pbr_linear) + (1 - progress) * radiance
 
@@ -27,6 +28,7 @@ from invrender.color import srgb_to_linear
 from invrender.shading.brdf import base_reflectance
 from invrender.shading.light import EnvironmentLight
 from invrender.shading.prefilter import SpecularMips
+from invrender.shading.shadowing import light_visibility
 from invrender.shading.specular_taps import tap_directions, tap_params
 from invrender.shading.splitsum import specular_albedo
 from invrender.shading.tonemap import tonemap
@@ -43,7 +45,7 @@ class GBuffer:
     alpha: Tensor  # [..., 1] coverage
     radiance: Tensor | None = None  # [..., 3] display-space radiance colour (3DGS SH)
     progress: Tensor | None = None  # [..., 1] PRD blend weight in [0, 1]
-    visibility: Tensor | None = None  # [..., 1] ambient visibility of the diffuse term
+    visibility: Tensor | None = None  # [..., 1 | 3 | 2K+1] diffuse visibility (shading.shadowing)
 
 
 @dataclass
@@ -70,7 +72,7 @@ def shade(
     n_dot_v_c = n_dot_v.clamp(min=1e-4)
     refl = 2.0 * n_dot_v * n - wo  # [..., 3] mirror direction
 
-    vis = gbuffer.visibility if gbuffer.visibility is not None else 1.0
+    vis = 1.0 if gbuffer.visibility is None else light_visibility(gbuffer.visibility, light)  # (shadowing.py)
     diffuse = gbuffer.albedo * (1.0 - gbuffer.metallic) / torch.pi * light.irradiance(n) * vis
 
     mips = mips or SpecularMips(light.resolution)

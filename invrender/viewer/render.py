@@ -45,6 +45,7 @@ from invrender.cameras import pixel_rays
 from invrender.color import linear_to_srgb
 from invrender.shading.light import EnvironmentLight, cube_directions, rotate_z, sample_cube
 from invrender.shading.shade import GBuffer, Shaded, progress_blend, shade
+from invrender.shading.shadowing import light_visibility
 from invrender.shading.tonemap import tonemap
 
 BUFFERS = ("final", "pbr", "radiance", "albedo", "roughness", "metallic", "normal", "depth", "progress", "visibility")
@@ -540,7 +541,7 @@ class ViewerContext:
             # blend "radiance" rasterizes every channel but shades nothing: shading is step 2
             out = render_prd(prd_params(run), run.light, viewmat, K, width, height, run.meta["sh_degree"], None,
                              blend="radiance", visibility=run.visibility, material_override=run.progress_override,
-                             backend=self.raster_backend)
+                             backend=self.raster_backend, visibility_per_pixel=True)  # shadows follow the light
             g_full, alpha, depth = out.gbuffer, out.alpha, out.depth
         mask = alpha[..., 0] > ALPHA_EPS  # [H, W]
         n = int(mask.sum())
@@ -553,7 +554,8 @@ class ViewerContext:
             metallic = torch.ones_like(metallic)  # PRD's stage 2 holds metallic at 1 (render_prd)
         g = GBuffer(albedo=pick(g_full.albedo, 3, 0.5), roughness=pick(g_full.roughness, 1, 0.5), metallic=metallic,
                     normal=pick(g_full.normal, 3, 0.0), alpha=alpha[mask], radiance=pick(g_full.radiance, 3, 0.0),
-                    progress=pick(g_full.progress, 1, 1.0), visibility=pick(g_full.visibility, 1, 1.0))
+                    progress=pick(g_full.progress, 1, 1.0),
+                    visibility=pick(g_full.visibility, 1 if g_full.visibility is None else g_full.visibility.shape[-1], 1.0))
         view_dirs = F.normalize(pixel_rays(K, width, height) @ viewmat[:3, :3], dim=-1)[mask]  # [M, 3]
         raster = _Raster(width, height, mask, alpha, g, depth[mask], view_dirs)
         _put(self._rasters, key, raster, _RASTERS)
@@ -636,6 +638,10 @@ def _buffer_values(ctx: ViewerContext, state: ViewerState, rkey, raster: _Raster
             return torch.zeros(0, 3)
         lo, hi = float(d.min()), float(d.max())
         return _colormap(1.0 - (d - lo) / max(hi - lo, 1e-8), state.colormap)  # near is the warm end
+    if name == "visibility" and g.visibility is not None and g.visibility.shape[-1] > 1:
+        # light-dependent: the shadows of the light on screen (mean over the colour channels)
+        light = ctx.light(state.envmap if state.relit else LEARNED, state.rotation_deg if state.relit else 0.0)
+        return _colormap(light_visibility(g.visibility, light).mean(dim=-1, keepdim=True), state.colormap)
     if name in SCALAR_BUFFERS:
         return _colormap(getattr(g, name), state.colormap)
     raise ViewerError(f"buffer must be one of {BUFFERS}, got {name!r}")
