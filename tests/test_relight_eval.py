@@ -106,7 +106,7 @@ def test_relit_shadows_are_the_new_lights_own(tiny_prd_run, embedded_scene):
         per_pixel = render_prd(params, sunset, *rest, blend="pbr", visibility=run.visibility,
                                visibility_per_pixel=True)
     torch.testing.assert_close(relit.final, direct.final, atol=1e-5, rtol=0)
-    assert learned.gbuffer.visibility.shape[-1] == 3 and per_pixel.gbuffer.visibility.shape[-1] == 33
+    assert learned.gbuffer.visibility.shape[-1] == 1 and per_pixel.gbuffer.visibility.shape[-1] == 33
     obj = direct.alpha[..., 0] > 0.5
     assert float((direct.gbuffer.visibility - learned.gbuffer.visibility)[obj].abs().max()) > 1e-3
     # per pixel the ratio of blended records, per Gaussian the blend of ratios: close, not equal

@@ -135,7 +135,7 @@ def render_prd(
     ``specular`` (stage 2 of PRD: metallic held at 1 and only the specular term, blended by progress).
 
     A transfer-record ``visibility`` (:mod:`invrender.shading.shadowing`) is read per Gaussian for
-    ``light`` (and ``target_light``) before rasterizing, 3 channels each; with
+    ``light`` (and ``target_light``) before rasterizing, one channel each; with
     ``visibility_per_pixel`` the record itself is rasterized instead and ``gbuffer.visibility``
     holds it, for callers that shade the same buffers under several lights (the viewer)."""
     if blend not in BLEND_MODES:

@@ -639,7 +639,7 @@ def _buffer_values(ctx: ViewerContext, state: ViewerState, rkey, raster: _Raster
         lo, hi = float(d.min()), float(d.max())
         return _colormap(1.0 - (d - lo) / max(hi - lo, 1e-8), state.colormap)  # near is the warm end
     if name == "visibility" and g.visibility is not None and g.visibility.shape[-1] > 1:
-        # light-dependent: the shadows of the light on screen (mean over the colour channels)
+        # light-dependent: the shadows of the light on screen
         light = ctx.light(state.envmap if state.relit else LEARNED, state.rotation_deg if state.relit else 0.0)
         return _colormap(light_visibility(g.visibility, light).mean(dim=-1, keepdim=True), state.colormap)
     if name in SCALAR_BUFFERS:
