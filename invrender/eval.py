@@ -75,7 +75,7 @@ class LoadedRun:
     meta: dict
     light: EnvironmentLight | None = None
     """The learned environment (None before stage 2)."""
-    visibility: Tensor | None = None  # [N, 1] baked ambient visibility (None before stage 2)
+    visibility: Tensor | None = None  # [N, 1] ambient or [N, 2K+1] shadowing record (None before stage 2)
     blend: str = "radiance"
     """How the run renders (:data:`invrender.distill.model.BLEND_MODES`)."""
     mesh: TexturedMesh | None = None

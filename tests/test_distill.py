@@ -9,7 +9,7 @@ import torch
 
 from invrender.distill.model import depth_to_normal, gaussian_normals, material_params, render_prd
 from invrender.distill.schedule import DistillConfig, PRDSchedule, blend_for, progress_override
-from invrender.distill.trainer import PRDTrainer, edge_aware_smoothness, white_light_prior
+from invrender.distill.trainer import PRDTrainer, edge_aware_smoothness, metal_albedo_smoothness, white_light_prior
 from invrender.distill.visibility import AOConfig
 from invrender.shading.shadowing import light_visibility
 from invrender.shading.light import EnvironmentLight
@@ -151,6 +151,31 @@ def test_edge_aware_smoothness_follows_the_photo():
     x = torch.rand(H, W, 3, requires_grad=True)
     edge_aware_smoothness(x, flat_photo, torch.ones(H, W, dtype=torch.bool)).backward()
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_metal_albedo_smoothness_ignores_dielectrics_and_the_photo():
+    H, W = 6, 8
+    albedo = torch.rand(H, W, 3)
+    mask = torch.ones(H, W, dtype=torch.bool)
+    dielectric = torch.zeros(H, W, 1)
+    assert float(metal_albedo_smoothness(albedo, dielectric, mask)) == 0.0  # any texture on a dielectric
+    metal = torch.ones(H, W, 1)
+    flat = torch.full((H, W, 3), 0.7)
+    assert float(metal_albedo_smoothness(flat, metal, mask)) == 0.0
+    # a jump of 0.3 in one channel between columns 3 and 4 of a metal: (H pairs) x 0.3 over all pairs
+    step = flat.clone()
+    step[:, 4:, 0] = 0.4
+    pairs = H * (W - 1) + (H - 1) * W
+    assert float(metal_albedo_smoothness(step, metal, mask)) == pytest.approx(H * 0.3 / pairs, rel=1e-5)
+    # weighted by the smaller metallic of the two pixels; masked pairs do not count
+    half = torch.full((H, W, 1), 0.5)
+    assert float(metal_albedo_smoothness(step, half, mask)) == pytest.approx(0.5 * H * 0.3 / pairs, rel=1e-5)
+    assert float(metal_albedo_smoothness(step, metal, mask & (torch.arange(W) != 4))) == 0.0
+    # the gradient reaches the albedo, not the metallic (a metal must not turn dielectric to escape it)
+    a = step.clone().requires_grad_(True)
+    m = metal.clone().requires_grad_(True)
+    metal_albedo_smoothness(a, m, mask).backward()
+    assert float(a.grad.abs().sum()) > 0 and m.grad is None
 
 
 # ---------------------------------------------------------------- trainer

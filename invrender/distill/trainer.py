@@ -1,6 +1,6 @@
 """The PRD trainer: stage 1 is the foundation's radiance training (:class:`invrender.train.Trainer`);
 stages 2-4 (:mod:`invrender.distill.schedule`) add per-Gaussian materials and progress, a learnable
-environment light and baked ambient occlusion, and train through deferred shading
+environment light and baked visibility (shadowing transfer), and train through deferred shading
 (:func:`invrender.distill.model.render_prd`).
 
 Everything a stage switch creates (materials, light, its optimizer, the visibility) lives in the
@@ -42,24 +42,46 @@ def depth_normal_loss(normal: Tensor, depth_normal: Tensor, mask: Tensor) -> Ten
     return (1.0 - cos)[mask].mean()
 
 
-def edge_aware_smoothness(x: Tensor, image: Tensor, mask: Tensor, edge_scale: float = 10.0) -> Tensor:
+def _neighbour_smoothness(x: Tensor, mask: Tensor, weight) -> Tensor:
     """Mean over horizontally and vertically adjacent pixel pairs, both in ``mask`` [H, W] (bool),
-    of ``|x_a - x_b|`` (summed over the channels of ``x`` [H, W, C]) weighted by
-    ``exp(-edge_scale * mean_rgb |image_a - image_b|)`` (``image`` [H, W, 3], the photo): a
-    smoothness prior that lets the map change where the photo has an edge."""
+    of ``|x_a - x_b|`` (summed over the channels of ``x`` [H, W, C]) times ``weight(dim, n)``, the
+    pairs' weights along image axis ``dim`` (pairs ``a = narrow(dim, 0, n)``, ``b = narrow(dim, 1, n)``)."""
     total = x.sum() * 0.0
     count = 0
     for dim in (0, 1):
         n = x.shape[dim] - 1
         xa, xb = x.narrow(dim, 0, n), x.narrow(dim, 1, n)
-        ia, ib = image.narrow(dim, 0, n), image.narrow(dim, 1, n)
         both = mask.narrow(dim, 0, n) & mask.narrow(dim, 1, n)
         if not bool(both.any()):
             continue
-        w = torch.exp(-edge_scale * (ia - ib).abs().mean(-1))  # [.., ..]
-        total = total + ((xa - xb).abs().sum(-1) * w)[both].sum()
+        total = total + ((xa - xb).abs().sum(-1) * weight(dim, n))[both].sum()
         count += int(both.sum())
     return total / max(count, 1)
+
+
+def edge_aware_smoothness(x: Tensor, image: Tensor, mask: Tensor, edge_scale: float = 10.0) -> Tensor:
+    """Mean over horizontally and vertically adjacent pixel pairs, both in ``mask`` [H, W] (bool),
+    of ``|x_a - x_b|`` (summed over the channels of ``x`` [H, W, C]) weighted by
+    ``exp(-edge_scale * mean_rgb |image_a - image_b|)`` (``image`` [H, W, 3], the photo): a
+    smoothness prior that lets the map change where the photo has an edge."""
+
+    def weight(dim: int, n: int) -> Tensor:
+        return torch.exp(-edge_scale * (image.narrow(dim, 0, n) - image.narrow(dim, 1, n)).abs().mean(-1))
+
+    return _neighbour_smoothness(x, mask, weight)
+
+
+def metal_albedo_smoothness(albedo: Tensor, metallic: Tensor, mask: Tensor) -> Tensor:
+    """The same pairwise ``|albedo_a - albedo_b|`` (``albedo`` [H, W, 3]) weighted by the smaller
+    metallic of the two pixels (``metallic`` [H, W, 1], not differentiated through), and *not* by
+    the photo: on a metal the photo's edges are reflections, which move with the view, while its
+    base colour (F0) does not, so the albedo must not copy them."""
+    m = metallic.detach()[..., 0]
+
+    def weight(dim: int, n: int) -> Tensor:
+        return torch.minimum(m.narrow(dim, 0, n), m.narrow(dim, 1, n))
+
+    return _neighbour_smoothness(albedo, mask, weight)
 
 
 class PRDTrainer(Trainer):
@@ -68,7 +90,7 @@ class PRDTrainer(Trainer):
         self.schedule = PRDSchedule.from_config(cfg.steps, cfg.distill)
         self.light: EnvironmentLight | None = None
         self.light_opt: torch.optim.Optimizer | None = None
-        self.visibility: Tensor | None = None  # [N, 1]
+        self.visibility: Tensor | None = None  # [N, 1] ambient or [N, 2K+1] shadowing transfer record
         self._mips = None
         self.last_bake_s: float | None = None
         self.mesh_normals: Tensor | None = None  # [V, H, W, 3] target normals (0 where the mesh is absent)
@@ -306,6 +328,10 @@ class PRDTrainer(Trainer):
             loss_sm = edge_aware_smoothness(rm, gt, mask, d.smooth_edge_scale)
             loss = loss + d.lambda_smooth_material * loss_sm
             terms["smooth_material"] = float(loss_sm.detach())
+        if d.lambda_smooth_metal_albedo > 0 and stage != "specular":
+            loss_ma = metal_albedo_smoothness(out.gbuffer.albedo, out.gbuffer.metallic, mask)
+            loss = loss + d.lambda_smooth_metal_albedo * loss_ma
+            terms["smooth_metal_albedo"] = float(loss_ma.detach())
         if d.lambda_flat > 0:
             s = torch.exp(self.params["scales"])  # [N, 3]
             loss_flat = s.min(dim=-1).values.mean() / s.max(dim=-1).values.mean().detach()
