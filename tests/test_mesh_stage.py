@@ -17,6 +17,7 @@ from invrender.mesh.extract import (
 from invrender.mesh.render import render_mesh
 from invrender.mesh.raster import fill_texture
 from invrender.mesh.textured import TexturedMesh
+from invrender.shading.shadowing import ambient_visibility
 
 from test_train import TINY_DISTILL
 
@@ -189,6 +190,9 @@ def test_textured_mesh_roundtrip_and_validation(tmp_path):
     assert torch.allclose(back.vertices_capture_frame(), (v - norm[:3, 3]) / 2.0)
     with pytest.raises(ValueError, match="uvs"):
         TexturedMesh(v, f, uv[:3], n, **kw, normalization=norm)
+    TexturedMesh(v, f, uv, n, **kw, normalization=norm, visibility=torch.rand(4, 33))  # a shadowing record
+    with pytest.raises(ValueError, match="visibility"):
+        TexturedMesh(v, f, uv, n, **kw, normalization=norm, visibility=torch.rand(4, 2))
     (tmp_path / "bad.pt").write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match="bad.pt"):
         TexturedMesh.load(tmp_path / "bad.pt")
@@ -215,7 +219,10 @@ def test_mesh_stage_end_to_end_cli(embedded_scene, tmp_path):
     assert 0 < mesh.faces.shape[0] <= 6000 and mesh.texture_size == 64  # decimation stops before opening it
     _, weld = torch.unique(mesh.vertices, dim=0, return_inverse=True)  # undo the UV seams' vertex splits
     assert boundary_edge_count(weld[mesh.faces])[0] == 0  # watertight: no edge with a single face
-    assert mesh.visibility is not None and float(mesh.visibility.min()) >= 0
+    # the run's Gaussians carry a shadowing transfer record (degree 3), and so do the vertices
+    assert mesh.visibility is not None and mesh.visibility.shape == (mesh.vertices.shape[0], 33)
+    amb = ambient_visibility(mesh.visibility)
+    assert 0 <= float(amb.min()) and float(amb.max()) <= 1
     m = json.loads((run / "metrics_mesh.json").read_text())
     assert m["geometry"] == "mesh" and m["n_faces"] == mesh.faces.shape[0]
     for k in ("nvs_psnr", "nvs_psnr_obj", "albedo_psnr_obj", "normal_mae_deg"):
@@ -293,3 +300,13 @@ def test_vertex_values_baked_into_the_atlas_and_the_glb_occlusion(tmp_path):
     assert back.visibility is not None
     # read bilinearly at the vertex UVs (texel-centre clamped at the atlas border): within a texel's slope
     assert torch.allclose(back.visibility, vis, atol=0.7 / T + 1 / 255)
+    # a shadowing transfer record (degree 1: T, U, fill) exports its light-independent part, AO + fill
+    k_u = torch.tensor([[math.pi, 0.0, 1.0, 0.0]]) * 0.3  # any open-sky projection with U_0 != 0
+    ao = vis * 0.8
+    record = torch.cat([k_u.expand(4, 4) * ao, k_u.expand(4, 4), 0.25 * (1 - ao)], dim=1)  # [4, 9]
+    mesh = TexturedMesh(v, f, uv, n, albedo=torch.full((T, T, 3), 0.5), roughness=torch.full((T, T, 1), 0.4),
+                        metallic=torch.zeros(T, T, 1), progress=torch.ones(T, T, 1), radiance=torch.zeros(T, T, 3),
+                        normalization=torch.eye(4), visibility=record)
+    back = read_glb(write_glb(tmp_path / "r.glb", mesh))
+    expect = ao + 0.25 * (1 - ao)
+    assert torch.allclose(back.visibility, expect, atol=0.7 / T + 1 / 255)

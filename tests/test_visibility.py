@@ -14,7 +14,7 @@ from invrender.distill.visibility import (
     AOConfig, bake_ambient_occlusion, bake_visibility_transfer, diffuse_visibility, transfer_visibility,
 )
 from invrender.shading.light import EnvironmentLight, cube_directions
-from invrender.shading.shadowing import light_visibility
+from invrender.shading.shadowing import ambient_visibility, light_visibility
 from invrender.splat.sh import sh_basis
 
 SPACING = 0.05  # centre spacing of the surfels that tile every sheet
@@ -332,3 +332,27 @@ def test_light_visibility_follows_the_light_gradient_and_refuses_odd_shapes():
         bake_visibility_transfer(**scene, sh_degree=0)
     with pytest.raises(ValueError, match="shadow-sh-degree"):
         AOConfig(shadow_sh_degree=4)
+
+
+def test_transfer_at_surface_points_and_its_ambient_part():
+    """A mesh's vertices get the same transfer as the Gaussians (query points), and the part that
+    cannot follow the light (a glTF occlusion texture) is the AO plus the bounce fill."""
+    scene, probe = _floor_and_wall()
+    kw = dict(grid_resolution=RES, num_directions=64)
+    pts = torch.tensor([[0.0, 0.0, 0.0], [-0.9, 0.0, 0.0]])  # next to the wall, and far from it
+    up = torch.tensor([[0.0, 0.0, 1.0]]).expand(2, 3)
+    transfer = bake_visibility_transfer(**scene, sh_degree=2, points=pts, point_normals=up, **kw)
+    ao = bake_ambient_occlusion(**scene, points=pts, point_normals=up, **kw)
+    assert transfer.shape == (2, 18)
+    torch.testing.assert_close(transfer[:, 0] / transfer[:, 9], ao, atol=1e-5, rtol=0)
+    assert float(ao[0]) < float(ao[1])
+    rec = transfer_visibility(transfer, 0.5)
+    torch.testing.assert_close(ambient_visibility(rec), (ao + 0.5 * (1 - ao))[:, None], atol=1e-5, rtol=0)
+    uniform = EnvironmentLight(16, init_radiance=0.3)
+    with torch.no_grad():  # ...which is what the record gives under a uniform sky
+        torch.testing.assert_close(light_visibility(rec, uniform), ambient_visibility(rec), atol=1e-5, rtol=0)
+    amb = torch.rand(4, 1)
+    assert ambient_visibility(amb) is amb
+    torch.testing.assert_close(ambient_visibility(amb.expand(4, 3)), amb)
+    with pytest.raises(ValueError, match="transfer record"):
+        ambient_visibility(torch.zeros(4, 5))

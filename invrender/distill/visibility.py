@@ -531,6 +531,8 @@ def bake_visibility_transfer(
     max_distance: float | None = None,
     offset: float = 2.0,
     chunk: int = 8192,
+    points: Tensor | None = None,  # [P, 3] query points instead of the Gaussians' centres
+    point_normals: Tensor | None = None,  # [P, 3] their outward normals
 ) -> Tensor:
     """Shadowing that depends on where the light comes from: per Gaussian, the projection on real
     SH up to ``sh_degree`` of its cosine-weighted visibility, and of the same with nothing in the way,
@@ -546,18 +548,24 @@ def bake_visibility_transfer(
     the same directions for both makes their sampling errors largely cancel in the ratio. The plain
     ambient occlusion is ``T_0 / U_0`` exactly.
 
+    With ``points`` and ``point_normals`` (e.g. a mesh's vertices), the same for those surface
+    points in the Gaussian scene, as :func:`bake_ambient_occlusion` does.
+
     Returns:
-        ``[N, 2 K]`` float32, ``K = (sh_degree + 1)^2``: ``T`` then ``U``.
+        ``[N, 2 K]`` (or ``[P, 2 K]``) float32, ``K = (sh_degree + 1)^2``: ``T`` then ``U``.
     """
     if not 1 <= sh_degree <= 3:
         raise ValueError(f"sh_degree must be in 1..3, got {sh_degree} (degree 0 is bake_ambient_occlusion)")
     _check_bake_inputs(means, scales, quats, opacities, normals, grid_resolution, num_directions, max_distance,
-                       offset, chunk, None, None)
+                       offset, chunk, points, point_normals)
     k = (sh_degree + 1) ** 2
-    out = torch.zeros(means.shape[0], 2 * k, device=means.device, dtype=torch.float32)
+    count = means.shape[0] if points is None else points.shape[0]
+    out = torch.zeros(count, 2 * k, device=means.device, dtype=torch.float32)
+    if means.shape[0] == 0:
+        return out
     for sl, transmittance, dirs in _trace_hemispheres(
         means, scales, quats, opacities, normals, grid_resolution=grid_resolution, num_directions=num_directions,
-        max_distance=max_distance, offset=offset, chunk=chunk, points=None, point_normals=None,
+        max_distance=max_distance, offset=offset, chunk=chunk, points=points, point_normals=point_normals,
     ):
         basis = sh_basis(sh_degree, dirs) * (math.pi / num_directions)  # [C, D, K]
         out[sl, :k] = (basis * transmittance[..., None]).sum(dim=1)

@@ -10,7 +10,8 @@ What the file holds (one scene, one node, one mesh, one primitive, one material)
 - A metallic-roughness material with ``metallicFactor = roughnessFactor = 1`` and two PNG
   textures: ``baseColorTexture`` in sRGB (the linear albedo encoded with the sRGB OETF) and
   ``metallicRoughnessTexture`` in linear 8-bit with G = roughness, B = metallic and R = the
-  mesh's baked ambient occlusion (per-vertex visibility painted through the UV layout), which
+  mesh's baked ambient occlusion plus its bounce fill (the light-independent part of its per-vertex
+  visibility, :func:`invrender.shading.shadowing.ambient_visibility`, painted through the UV layout), which
   the material's ``occlusionTexture`` points at (the usual packed ORM image); R = 255 and no
   ``occlusionTexture`` for a mesh without visibility.
 - Vertex data are in the capture's frame (the reader's normalization undone). glTF's world is
@@ -36,6 +37,7 @@ import torch
 from invrender.color import linear_to_srgb
 from invrender.checkpoint import atomic_write_bytes
 from invrender.image_io import encode_png
+from invrender.shading.shadowing import ambient_visibility
 
 GLB_MAGIC = 0x46546C67  # "glTF"
 CHUNK_JSON = 0x4E4F534A  # "JSON"
@@ -63,7 +65,8 @@ def material_images(mesh, occlusion: bool = True) -> tuple[np.ndarray, np.ndarra
     if occlusion and getattr(mesh, "visibility", None) is not None:
         from invrender.mesh.render import bake_vertex_values  # noqa: PLC0415
 
-        vis = mesh.visibility.detach().cpu().double()  # [V, 1] per-vertex AO of the mesh stage
+        # [V, 1] per-vertex AO (+ fill) of the mesh stage; a shadowing record gives its ambient part
+        vis = ambient_visibility(mesh.visibility.detach().cpu().double())
         occ = bake_vertex_values(mesh.uvs.detach().cpu(), mesh.faces.detach().cpu(), vis, rough.shape[0])
         occ = occ.numpy()[..., 0]
     mr = np.stack([occ, rough, metal], axis=-1)

@@ -25,6 +25,7 @@ from invrender.mesh.textured import TEXTURE_CHANNELS, TEXTURE_NAMES, TexturedMes
 from invrender.shading.light import EnvironmentLight
 from invrender.shading.prefilter import SpecularMips
 from invrender.shading.shade import MAX_RESIDUAL, GBuffer
+from invrender.shading.shadowing import is_transfer_record
 from invrender.splat.sh import sh_basis
 
 _SPLITS = [TEXTURE_CHANNELS[k] for k in TEXTURE_NAMES]
@@ -55,7 +56,7 @@ def render_mesh(
     height: int,
     background: Tensor | None = None,  # [3]
     *,
-    visibility: Tensor | None = None,  # [V, 1] baked ambient visibility
+    visibility: Tensor | None = None,  # [V, 1] ambient or [V, 2K+1] transfer visibility (shading.shadowing)
     radiance_sh: Tensor | None = None,  # [V, K - 1, 3] view-dependent SH of the radiance (degrees >= 1)
     blend: str = "prd",
     mips: SpecularMips | None = None,
@@ -95,7 +96,11 @@ def render_mesh(
     facing = (nrm * view_dirs).sum(-1, keepdim=True)
     nrm = torch.where(facing > 0, nrm - 2.0 * facing * view_dirs, nrm)
     nrm = F.normalize(nrm, dim=-1, eps=1e-12) * alpha
-    vis = interpolate(visibility, faces, rast).clamp(0, 1) if visibility is not None else alpha
+    if visibility is None:
+        vis = alpha
+    else:  # a transfer record is interpolated as it is and read per pixel by shade() for each light
+        vis = interpolate(visibility, faces, rast)
+        vis = vis if is_transfer_record(vis) else vis.clamp(0, 1)
     if material_override:
         vals = {"albedo": albedo, "roughness": rough, "metallic": metal, "progress": prog}
         for k, v in material_override.items():

@@ -8,8 +8,9 @@ the progress; the mesh stage turns them into an asset:
 1. **Extract** a watertight mesh from the trained Gaussians (:mod:`invrender.mesh.extract`: TSDF
    fusion of the rendered depth of the training views, marching cubes, cleaning, decimation) and
    unwrap it with xatlas.
-2. **Bake visibility** per vertex from the Gaussians' density grid, the same ambient occlusion the
-   Gaussian backend applies to its diffuse term (:func:`bake_ambient_occlusion` at the vertices).
+2. **Bake visibility** per vertex from the Gaussians' density grid, the same kind the run's
+   Gaussians apply to their diffuse term: a shadowing transfer record
+   (:func:`bake_visibility_transfer` at the vertices), or ambient occlusion for runs that used it.
 3. **Initialize the textures by projection**: every training view is rendered by the Gaussians
    (albedo, roughness, metallic, progress, radiance buffers) and rasterized by the mesh; each covered
    pixel adds its buffer values to the texel its UV falls in. Texels no view reached are filled by
@@ -143,7 +144,10 @@ class MeshStage:
         return fill_texture(acc.view(T, T, -1), wsum.view(T, T, 1))
 
     def setup(self) -> None:
-        from invrender.distill.visibility import bake_ambient_occlusion, diffuse_visibility  # noqa: PLC0415
+        from invrender.distill.visibility import (  # noqa: PLC0415
+            bake_ambient_occlusion, bake_visibility_transfer, diffuse_visibility, transfer_visibility,
+        )
+        from invrender.shading.shadowing import RECORD_SH_SIZES, is_transfer_record  # noqa: PLC0415
 
         cfg, run = self.cfg, self.run
         t0 = time.perf_counter()
@@ -153,10 +157,17 @@ class MeshStage:
         vis = None
         if cfg.ao and run.visibility is not None:
             p = run.params
-            ao = bake_ambient_occlusion(p["means"], torch.exp(p["scales"]), p["quats"], torch.sigmoid(p["opacities"]),
-                                        None, points=raw.vertices, point_normals=welded_normals)
+            geometry = (p["means"], torch.exp(p["scales"]), p["quats"], torch.sigmoid(p["opacities"]), None)
             # the same bounce fill as the run's Gaussians (runs from before it was added: none)
-            vis = diffuse_visibility(ao, float(run.meta.get("ao_indirect", 0.0)))[:, None]
+            indirect = float(run.meta.get("ao_indirect", 0.0))
+            if is_transfer_record(run.visibility):  # shadows that follow the light, as the Gaussians'
+                degree = RECORD_SH_SIZES.index((run.visibility.shape[-1] - 1) // 2) + 1
+                transfer = bake_visibility_transfer(*geometry, sh_degree=degree, points=raw.vertices,
+                                                    point_normals=welded_normals)
+                vis = transfer_visibility(transfer, indirect)
+            else:
+                ao = bake_ambient_occlusion(*geometry, points=raw.vertices, point_normals=welded_normals)
+                vis = diffuse_visibility(ao, indirect)[:, None]
         v, f, uv, vmap = unwrap_uv(raw, cfg.texture_size)
         self.vertices, self.faces, self.uvs = v, f, uv
         self.normals = welded_normals[vmap]

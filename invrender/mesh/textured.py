@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from invrender.checkpoint import atomic_torch_save
+from invrender.shading.shadowing import is_transfer_record
 
 TEXTURE_NAMES = ("albedo", "roughness", "metallic", "progress", "radiance")
 OPTIONAL_FIELDS = ("visibility", "radiance_sh")
@@ -40,7 +41,7 @@ class TexturedMesh:
     progress: Tensor  # [T, T, 1]
     radiance: Tensor  # [T, T, 3] display-space radiance colour
     normalization: Tensor  # [4, 4] capture coordinates -> normalized frame
-    visibility: Tensor | None = None  # [V, 1] baked ambient visibility of the diffuse term (optional)
+    visibility: Tensor | None = None  # [V, 1] ambient or [V, 2K+1] transfer visibility of the diffuse term (optional)
     radiance_sh: Tensor | None = None  # [V, K - 1, 3] view-dependent radiance SH, degrees >= 1 (optional)
 
     def __post_init__(self) -> None:
@@ -65,8 +66,11 @@ class TexturedMesh:
             c = TEXTURE_CHANNELS[name]
             if t.ndim != 3 or t.shape[2] != c or t.shape[0] != t.shape[1] or t.shape[0] != size:
                 raise ValueError(f"{where}: texture {name} must be [{size}, {size}, {c}], got {tuple(t.shape)}")
-        if self.visibility is not None and self.visibility.shape != (v.shape[0], 1):
-            raise ValueError(f"{where}: visibility must be [{v.shape[0]}, 1], got {tuple(self.visibility.shape)}")
+        vis = self.visibility
+        if vis is not None and (vis.ndim != 2 or vis.shape[0] != v.shape[0]
+                                or not (vis.shape[1] == 1 or is_transfer_record(vis))):
+            raise ValueError(f"{where}: visibility must be [{v.shape[0]}, 1] (ambient) or [{v.shape[0]}, 2K+1] "
+                             f"(shadowing transfer record, K = 4, 9 or 16), got {tuple(vis.shape)}")
         sh = self.radiance_sh
         if sh is not None and (sh.ndim != 3 or sh.shape[0] != v.shape[0] or sh.shape[2] != 3):
             raise ValueError(f"{where}: radiance_sh must be [{v.shape[0]}, K, 3], got {tuple(sh.shape)}")

@@ -64,3 +64,20 @@ def light_visibility(visibility: Tensor, light) -> Tensor:
     open_sky = visibility[..., k:2 * k] @ coeffs
     share = (through / open_sky.clamp(min=1e-8)).clamp(0.0, 1.0)
     return (share[..., None] + visibility[..., 2 * k:]).clamp(max=1.0)
+
+
+def ambient_visibility(visibility: Tensor) -> Tensor:
+    """The light-independent part ``[..., 1]``: an ambient visibility as it is (colour channels
+    averaged), or a transfer record's ambient occlusion ``T_0 / U_0`` plus its bounce fill (at most
+    1), which is what the record gives under a uniform sky. For what cannot follow the light, such
+    as a glTF occlusion texture."""
+    c = visibility.shape[-1]
+    if c == 1:
+        return visibility
+    if c == 3:
+        return visibility.mean(dim=-1, keepdim=True)
+    if not is_transfer_record(visibility):
+        raise ValueError(f"visibility must have 1, 3 or a transfer record's channels, got {c}")
+    k = (c - 1) // 2
+    ao = (visibility[..., :1] / visibility[..., k:k + 1].clamp(min=1e-12)).clamp(0.0, 1.0)
+    return (ao + visibility[..., 2 * k:]).clamp(max=1.0)
