@@ -229,9 +229,7 @@ class PRDTrainer(Trainer):
     def bake_visibility(self) -> None:
         """Visibility per Gaussian from the current geometry (:mod:`invrender.distill.visibility`): the
         shadowing transfer record ``[N, 2K+1]``, or with ``ao.shadow_sh_degree`` None the ambient one ``[N, 1]``."""
-        from invrender.distill.visibility import (  # noqa: PLC0415
-            bake_ambient_occlusion, bake_visibility_transfer, diffuse_visibility, transfer_visibility,
-        )
+        from invrender.distill.visibility import bake_diffuse_visibility  # noqa: PLC0415
 
         ao_cfg = self.cfg.distill.ao
         n = num_gaussians(self.params)
@@ -243,13 +241,10 @@ class PRDTrainer(Trainer):
         # outward normals from the density field: right after stage 1 the Gaussians are not flat
         # yet and their shortest axes point anywhere (AO along them was ~0.4 on lit surfaces)
         p = self.params
-        geometry = (p["means"], torch.exp(p["scales"]), p["quats"], torch.sigmoid(p["opacities"]), None)
-        if ao_cfg.shadow_sh_degree is None:
-            ao = bake_ambient_occlusion(*geometry, **ao_cfg.bake_kwargs())
-            self.visibility = diffuse_visibility(ao, ao_cfg.indirect)[:, None].to(self.device)
-        else:
-            transfer = bake_visibility_transfer(*geometry, sh_degree=ao_cfg.shadow_sh_degree, **ao_cfg.bake_kwargs())
-            self.visibility = transfer_visibility(transfer, ao_cfg.indirect).to(self.device)
+        self.visibility = bake_diffuse_visibility(
+            p["means"], torch.exp(p["scales"]), p["quats"], torch.sigmoid(p["opacities"]), None,
+            shadow_sh_degree=ao_cfg.shadow_sh_degree, indirect=ao_cfg.indirect, **ao_cfg.bake_kwargs(),
+        ).to(self.device)
         self.last_bake_s = time.perf_counter() - t0
 
     @torch.no_grad()

@@ -463,6 +463,29 @@ def _trace_hemispheres(
                 active = active[still]
             yield sl, torch.exp(-tau).view(-1, num_directions), dirs
 
+
+def _bake_per_point(
+    means: Tensor, scales: Tensor, quats: Tensor, opacities: Tensor, normals: Tensor | None, columns: int,
+    reduce, *, empty_value: float, grid_resolution: int, num_directions: int, max_distance: float | None,
+    offset: float, chunk: int, points: Tensor | None, point_normals: Tensor | None,
+) -> Tensor:
+    """The body of the bakes: check the inputs, march (:func:`_trace_hemispheres`) and keep
+    ``reduce(transmittance [C, D], directions [C, D, 3]) -> [C, columns]`` per query point;
+    ``empty_value`` everywhere when there are no Gaussians. ``[N or P, columns]`` float32."""
+    _check_bake_inputs(means, scales, quats, opacities, normals, grid_resolution, num_directions, max_distance,
+                       offset, chunk, points, point_normals)
+    count = means.shape[0] if points is None else points.shape[0]
+    out = torch.full((count, columns), empty_value, device=means.device, dtype=torch.float32)
+    if means.shape[0] == 0:
+        return out
+    for sl, transmittance, dirs in _trace_hemispheres(
+        means, scales, quats, opacities, normals, grid_resolution=grid_resolution, num_directions=num_directions,
+        max_distance=max_distance, offset=offset, chunk=chunk, points=points, point_normals=point_normals,
+    ):
+        out[sl] = reduce(transmittance, dirs)
+    return out
+
+
 def bake_ambient_occlusion(
     means: Tensor,  # [N, 3] world positions
     scales: Tensor,  # [N, 3] activated (exp'd) scales
@@ -504,18 +527,13 @@ def bake_ambient_occlusion(
         [N] float32 on ``means.device``; 1 = unoccluded, 0 = fully enclosed. See the module
         docstring for the method.
     """
-    _check_bake_inputs(means, scales, quats, opacities, normals, grid_resolution, num_directions, max_distance,
-                       offset, chunk, points, point_normals)
-    count = means.shape[0] if points is None else points.shape[0]
-    ao = torch.ones(count, device=means.device, dtype=torch.float32)
-    if means.shape[0] == 0:  # nothing to block the sky
-        return ao
-    for sl, transmittance, _ in _trace_hemispheres(
-        means, scales, quats, opacities, normals, grid_resolution=grid_resolution, num_directions=num_directions,
-        max_distance=max_distance, offset=offset, chunk=chunk, points=points, point_normals=point_normals,
-    ):
-        ao[sl] = transmittance.mean(dim=1)
-    return ao.clamp(0.0, 1.0)
+    ao = _bake_per_point(
+        means, scales, quats, opacities, normals, 1, lambda transmittance, _: transmittance.mean(dim=1, keepdim=True),
+        empty_value=1.0,  # no Gaussians: nothing blocks the sky
+        grid_resolution=grid_resolution, num_directions=num_directions, max_distance=max_distance, offset=offset,
+        chunk=chunk, points=points, point_normals=point_normals,
+    )
+    return ao[:, 0].clamp(0.0, 1.0)
 
 
 def bake_visibility_transfer(
@@ -556,21 +574,17 @@ def bake_visibility_transfer(
     """
     if not 1 <= sh_degree <= 3:
         raise ValueError(f"sh_degree must be in 1..3, got {sh_degree} (degree 0 is bake_ambient_occlusion)")
-    _check_bake_inputs(means, scales, quats, opacities, normals, grid_resolution, num_directions, max_distance,
-                       offset, chunk, points, point_normals)
     k = (sh_degree + 1) ** 2
-    count = means.shape[0] if points is None else points.shape[0]
-    out = torch.zeros(count, 2 * k, device=means.device, dtype=torch.float32)
-    if means.shape[0] == 0:
-        return out
-    for sl, transmittance, dirs in _trace_hemispheres(
-        means, scales, quats, opacities, normals, grid_resolution=grid_resolution, num_directions=num_directions,
-        max_distance=max_distance, offset=offset, chunk=chunk, points=points, point_normals=point_normals,
-    ):
+
+    def project(transmittance: Tensor, dirs: Tensor) -> Tensor:
         basis = sh_basis(sh_degree, dirs) * (math.pi / num_directions)  # [C, D, K]
-        out[sl, :k] = (basis * transmittance[..., None]).sum(dim=1)
-        out[sl, k:] = basis.sum(dim=1)
-    return out
+        return torch.cat([(basis * transmittance[..., None]).sum(dim=1), basis.sum(dim=1)], dim=1)  # [C, 2K]
+
+    return _bake_per_point(
+        means, scales, quats, opacities, normals, 2 * k, project, empty_value=0.0,
+        grid_resolution=grid_resolution, num_directions=num_directions, max_distance=max_distance, offset=offset,
+        chunk=chunk, points=points, point_normals=point_normals,
+    )
 
 
 def transfer_visibility(transfer: Tensor, indirect: float) -> Tensor:
@@ -584,3 +598,17 @@ def transfer_visibility(transfer: Tensor, indirect: float) -> Tensor:
     k = transfer.shape[1] // 2
     ao = (transfer[:, 0] / transfer[:, k].clamp(min=1e-12)).clamp(0.0, 1.0)  # Y_0 is a constant
     return torch.cat([transfer, (indirect * (1.0 - ao))[:, None]], dim=1)
+
+
+def bake_diffuse_visibility(
+    means: Tensor, scales: Tensor, quats: Tensor, opacities: Tensor, normals: Tensor | None, *,
+    shadow_sh_degree: int | None, indirect: float, **bake_kwargs,
+) -> Tensor:
+    """What a run stores as its diffuse visibility, per Gaussian (or per ``points``, see
+    ``bake_kwargs``): the transfer record ``[N, 2 K + 1]`` of degree ``shadow_sh_degree``
+    (:func:`transfer_visibility`), or with None the ambient ``AO + indirect (1 - AO)`` ``[N, 1]``
+    (:func:`diffuse_visibility`). ``bake_kwargs`` go to the bake (:meth:`AOConfig.bake_kwargs`)."""
+    geometry = (means, scales, quats, opacities, normals)
+    if shadow_sh_degree is None:
+        return diffuse_visibility(bake_ambient_occlusion(*geometry, **bake_kwargs), indirect)[:, None]
+    return transfer_visibility(bake_visibility_transfer(*geometry, sh_degree=shadow_sh_degree, **bake_kwargs), indirect)

@@ -144,10 +144,8 @@ class MeshStage:
         return fill_texture(acc.view(T, T, -1), wsum.view(T, T, 1))
 
     def setup(self) -> None:
-        from invrender.distill.visibility import (  # noqa: PLC0415
-            bake_ambient_occlusion, bake_visibility_transfer, diffuse_visibility, transfer_visibility,
-        )
-        from invrender.shading.shadowing import RECORD_SH_SIZES, is_transfer_record  # noqa: PLC0415
+        from invrender.distill.visibility import bake_diffuse_visibility  # noqa: PLC0415
+        from invrender.shading.shadowing import record_degree  # noqa: PLC0415
 
         cfg, run = self.cfg, self.run
         t0 = time.perf_counter()
@@ -157,17 +155,13 @@ class MeshStage:
         vis = None
         if cfg.ao and run.visibility is not None:
             p = run.params
-            geometry = (p["means"], torch.exp(p["scales"]), p["quats"], torch.sigmoid(p["opacities"]), None)
-            # the same bounce fill as the run's Gaussians (runs from before it was added: none)
-            indirect = float(run.meta.get("ao_indirect", 0.0))
-            if is_transfer_record(run.visibility):  # shadows that follow the light, as the Gaussians'
-                degree = RECORD_SH_SIZES.index((run.visibility.shape[-1] - 1) // 2) + 1
-                transfer = bake_visibility_transfer(*geometry, sh_degree=degree, points=raw.vertices,
-                                                    point_normals=welded_normals)
-                vis = transfer_visibility(transfer, indirect)
-            else:
-                ao = bake_ambient_occlusion(*geometry, points=raw.vertices, point_normals=welded_normals)
-                vis = diffuse_visibility(ao, indirect)[:, None]
+            # the same kind as the run's Gaussians (a shadowing record of their degree, or ambient) and
+            # the same bounce fill (runs from before it was added: none)
+            vis = bake_diffuse_visibility(
+                p["means"], torch.exp(p["scales"]), p["quats"], torch.sigmoid(p["opacities"]), None,
+                shadow_sh_degree=record_degree(run.visibility), indirect=float(run.meta.get("ao_indirect", 0.0)),
+                points=raw.vertices, point_normals=welded_normals,
+            )
         v, f, uv, vmap = unwrap_uv(raw, cfg.texture_size)
         self.vertices, self.faces, self.uvs = v, f, uv
         self.normals = welded_normals[vmap]

@@ -4,7 +4,7 @@ A G-buffer's ``visibility`` (per Gaussian, per vertex or per pixel) is one of:
 
 * ``[..., 1]`` an **ambient** visibility: the diffuse term is multiplied by it whatever the light
   (baked ambient occlusion plus its bounce fill, :func:`invrender.distill.visibility.diffuse_visibility`);
-* ``[..., 3]`` the same per colour channel: what :func:`light_visibility` gives for one light;
+* ``[..., 3]`` the same per colour channel (accepted as is; nothing here makes one);
 * ``[..., 2 K + 1]`` (K = 4, 9 or 16: SH degree 1 to 3) a **transfer record**: the SH projections
   ``T`` and ``U`` of the cosine-weighted visibility and of the open hemisphere
   (:func:`invrender.distill.visibility.bake_visibility_transfer`), then a light-independent
@@ -43,6 +43,18 @@ def is_transfer_record(visibility: Tensor) -> bool:
     return c % 2 == 1 and (c - 1) // 2 in RECORD_SH_SIZES
 
 
+def record_degree(visibility: Tensor) -> int | None:
+    """The SH degree of a transfer record ``[..., 2 K + 1]``, or None for an ambient visibility
+    (``[..., 1]`` or ``[..., 3]``); any other width is refused."""
+    c = visibility.shape[-1]
+    if c in (1, 3):
+        return None
+    if not is_transfer_record(visibility):
+        sizes = ", ".join(str(2 * k + 1) for k in RECORD_SH_SIZES)
+        raise ValueError(f"visibility must have 1, 3 or a transfer record's {sizes} channels, got {c}")
+    return RECORD_SH_SIZES.index((c - 1) // 2) + 1
+
+
 def light_visibility(visibility: Tensor, light) -> Tensor:
     """What the diffuse term is multiplied by under ``light`` (an
     :class:`~invrender.shading.light.EnvironmentLight`), ``[..., 1]`` or ``[..., 3]``.
@@ -50,14 +62,10 @@ def light_visibility(visibility: Tensor, light) -> Tensor:
     Ambient visibilities (``[..., 1]`` or ``[..., 3]``) come back unchanged; a transfer record
     ``[..., 2 K + 1]`` becomes ``[..., 1]`` (module docstring). Differentiable in the record and in
     the light (through its SH projection), so a learned light is fitted with its shadows."""
-    c = visibility.shape[-1]
-    if c in (1, 3):
+    degree = record_degree(visibility)
+    if degree is None:
         return visibility
-    if not is_transfer_record(visibility):
-        sizes = ", ".join(str(2 * k + 1) for k in RECORD_SH_SIZES)
-        raise ValueError(f"visibility must have 1, 3 or a transfer record's {sizes} channels, got {c}")
-    k = (c - 1) // 2
-    degree = RECORD_SH_SIZES.index(k) + 1
+    k = RECORD_SH_SIZES[degree - 1]
     coeffs = light.sh_coefficients(degree).to(visibility.dtype)  # [K, 3]
     coeffs = coeffs @ torch.tensor(LUMINANCE, dtype=coeffs.dtype, device=coeffs.device)  # [K]
     through = visibility[..., :k] @ coeffs  # [...]
@@ -71,13 +79,9 @@ def ambient_visibility(visibility: Tensor) -> Tensor:
     averaged), or a transfer record's ambient occlusion ``T_0 / U_0`` plus its bounce fill (at most
     1), which is what the record gives under a uniform sky. For what cannot follow the light, such
     as a glTF occlusion texture."""
-    c = visibility.shape[-1]
-    if c == 1:
-        return visibility
-    if c == 3:
-        return visibility.mean(dim=-1, keepdim=True)
-    if not is_transfer_record(visibility):
-        raise ValueError(f"visibility must have 1, 3 or a transfer record's channels, got {c}")
-    k = (c - 1) // 2
+    degree = record_degree(visibility)
+    if degree is None:
+        return visibility if visibility.shape[-1] == 1 else visibility.mean(dim=-1, keepdim=True)
+    k = RECORD_SH_SIZES[degree - 1]
     ao = (visibility[..., :1] / visibility[..., k:k + 1].clamp(min=1e-12)).clamp(0.0, 1.0)
     return (ao + visibility[..., 2 * k:]).clamp(max=1.0)
