@@ -585,7 +585,10 @@ def test_native_cuda_matches_cpu_on_sphere():
     gpu = rasterize(v.cuda(), f.cuda(), vm.cuda(), K.cuda(), 256, 240, backend="native")
     # the same uncontracted double arithmetic on both: identical ids
     assert torch.equal(gpu.tri_id.cpu(), cpu.tri_id)
-    torch.testing.assert_close(gpu.bary.cpu(), cpu.bary, atol=1e-5, rtol=0)
+    # the barycentrics are torch's float32 arithmetic on each device (CUDA's elementwise kernels
+    # fuse multiply-adds, the CPU's do not): on an H200 0.13 % of them differed by more than 1e-5,
+    # at most by 8.8e-5, a fifth of a texel of a 2048² atlas
+    torch.testing.assert_close(gpu.bary.cpu(), cpu.bary, atol=2e-4, rtol=0)
 
 
 @pytest.mark.gpu
@@ -607,3 +610,43 @@ def test_nvdiffrast_parity_on_sphere():
     )
     torch.testing.assert_close(nat.bary[agree], nvd.bary[agree], rtol=0, atol=0)
     torch.testing.assert_close(nat.depth[agree], nvd.depth[agree], rtol=0, atol=0)
+
+
+def test_nvdiffrast_plugin_folder_put_on_path(monkeypatch, tmp_path):
+    # nvdiffrast under torch 2.11 builds its plugin, then cannot import it by name: the context
+    # is asked for again with the build folder on sys.path (a stand-in nvdiffrast, no GPU needed)
+    import sys
+    import types
+
+    import torch.utils.cpp_extension as ce
+
+    import invrender.mesh.raster as raster
+
+    plugin = "nvdiffrast_plugin_0_0_test"
+    build = str(tmp_path / plugin)
+    calls = []
+
+    class Context:
+        def __init__(self, device):
+            calls.append(device)
+            if build not in sys.path:
+                raise ModuleNotFoundError(f"No module named '{plugin}'", name=plugin)
+
+    fake = types.ModuleType("nvdiffrast.torch")
+    fake.RasterizeCudaContext = Context
+    monkeypatch.setitem(sys.modules, "nvdiffrast", types.ModuleType("nvdiffrast"))
+    monkeypatch.setitem(sys.modules, "nvdiffrast.torch", fake)
+    monkeypatch.setattr(ce, "_get_build_directory", lambda name, verbose: str(tmp_path / name))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    ctx = raster._nvdiffrast_context.__wrapped__(0)
+    assert isinstance(ctx, Context) and len(calls) == 2 and build in sys.path
+
+    # any other missing module is not ours to fix: it propagates
+    class Broken:
+        def __init__(self, device):
+            raise ModuleNotFoundError("No module named 'somethingelse'", name="somethingelse")
+
+    fake.RasterizeCudaContext = Broken
+    with pytest.raises(ModuleNotFoundError, match="somethingelse"):
+        raster._nvdiffrast_context.__wrapped__(0)
+

@@ -253,7 +253,24 @@ def gl_projection(K: Tensor, width: int, height: int, near: float, far: float) -
 def _nvdiffrast_context(device_index: int):
     import nvdiffrast.torch as dr
 
-    return dr.RasterizeCudaContext(device=torch.device("cuda", device_index))
+    device = torch.device("cuda", device_index)
+    try:
+        return dr.RasterizeCudaContext(device=device)
+    except ModuleNotFoundError as exc:
+        # nvdiffrast builds its plugin with torch's cpp_extension.load and then imports it by name;
+        # recent torch (2.11 seen) loads the built module without putting its folder on sys.path,
+        # so that import fails after a good build. Put the folder there and ask again (the second
+        # call finds the build and does not compile).
+        if not (exc.name or "").startswith("nvdiffrast_plugin"):
+            raise
+        import sys  # noqa: PLC0415
+
+        from torch.utils.cpp_extension import _get_build_directory  # noqa: PLC0415
+
+        build = _get_build_directory(exc.name, False)
+        if build not in sys.path:
+            sys.path.append(build)
+        return dr.RasterizeCudaContext(device=device)
 
 
 def _nvdiffrast_available() -> bool:

@@ -178,7 +178,7 @@ class EnvironmentLight(nn.Module):
         from invrender.shading.envmap import direction_grid  # noqa: PLC0415
 
         width = width or 2 * height
-        d = torch.from_numpy(direction_grid(height, width)).to(self.log_radiance.dtype)
+        d = torch.from_numpy(direction_grid(height, width)).to(self.log_radiance.device, self.log_radiance.dtype)
         return sample_cube(self.cube(), d)
 
     def sh_coefficients(self, order: int = 2) -> Tensor:

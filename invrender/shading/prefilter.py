@@ -110,9 +110,12 @@ def prefilter_matrix(resolution: int, roughness: float, cutoff: float = 1e-2, ch
 
 
 @functools.lru_cache(maxsize=16)
-def _csr_pair(resolution: int, roughness: float) -> tuple[Tensor, Tensor]:
-    """The prefilter matrix and its transpose in CSR: torch's CSR x dense product is ~30x faster
-    on CPU than its COO one, and the transpose serves the backward."""
+def _csr_pair(resolution: int, roughness: float, device: str = "cpu") -> tuple[Tensor, Tensor]:
+    """The prefilter matrix and its transpose in CSR on ``device``: torch's CSR x dense product is
+    ~30x faster on CPU than its COO one, and the transpose serves the backward. Kept per device,
+    so a CUDA run moves each matrix to the GPU once."""
+    if device != "cpu":
+        return tuple(m.to(device) for m in _csr_pair(resolution, roughness, "cpu"))
     with warnings.catch_warnings():  # "sparse CSR support is in beta": we only multiply
         warnings.simplefilter("ignore", UserWarning)
         M = prefilter_matrix(resolution, roughness)
@@ -169,7 +172,7 @@ class SpecularMips:
         out = [cube]
         for r, res in zip(self.roughness[1:], self.resolutions[1:]):
             src = downsample_cube(cube, res)  # [6, res, res, C]
-            M, Mt = _csr_pair(res, r)
+            M, Mt = _csr_pair(res, r, str(cube.device))
             flat = src.reshape(-1, cube.shape[-1]).contiguous()
             out.append(_ApplyPrefilter.apply(flat, M.to(flat.dtype), Mt.to(flat.dtype)).reshape(src.shape))
         return out
