@@ -28,6 +28,8 @@ class RenderConfig:
     backend: Literal["auto", "native", "torch", "gsplat"] = "auto"
     geometry: Literal["gaussian", "mesh"] = "gaussian"
     """Render the Gaussians or the mesh stage's textured mesh (RUN/mesh/textured_mesh.pt)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to render: auto = CUDA when available, else the CPU."""
 
 
 @dataclass
@@ -52,6 +54,8 @@ class RelightConfig:
     """Rasterizer backend."""
     geometry: Literal["gaussian", "mesh"] = "gaussian"
     """Relight the Gaussians or the mesh stage's textured mesh."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to render: auto = CUDA when available, else the CPU."""
 
 
 @dataclass
@@ -74,6 +78,8 @@ class EvalConfig:
     """Rasterizer backend."""
     geometry: Literal["gaussian", "mesh"] = "gaussian"
     """Measure the Gaussians or the mesh stage's textured mesh (default out: RUN/metrics_mesh.json)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to render: auto = CUDA when available, else the CPU."""
 
 
 @dataclass
@@ -119,26 +125,31 @@ def _train(cfg: TrainConfig) -> None:
 def _render(cfg: RenderConfig) -> None:
     from invrender.eval import render_split  # noqa: PLC0415
 
-    paths = render_split(cfg.run, cfg.out, cfg.split, cfg.backend, geometry=cfg.geometry)
+    from invrender.train import resolve_device  # noqa: PLC0415
+
+    paths = render_split(cfg.run, cfg.out, cfg.split, cfg.backend, geometry=cfg.geometry,
+                         device=resolve_device(cfg.device))
     print(f"wrote {len(paths)} images to {cfg.out}")
 
 
 def _relight(cfg: RelightConfig) -> None:
     from invrender.relight import relight_split  # noqa: PLC0415
+    from invrender.train import resolve_device  # noqa: PLC0415
 
     paths = relight_split(
         cfg.run, cfg.envmap, cfg.out, rotation_deg=cfg.rotation, intensity=cfg.intensity, split=cfg.split,
-        albedo_scale=cfg.albedo_scale, backend=cfg.backend, geometry=cfg.geometry,
+        albedo_scale=cfg.albedo_scale, backend=cfg.backend, geometry=cfg.geometry, device=resolve_device(cfg.device),
     )
     print(f"wrote {len(paths)} images relit by {cfg.envmap} to {cfg.out}")
 
 
 def _eval(cfg: EvalConfig) -> None:
     from invrender.eval import evaluate_run, format_summary  # noqa: PLC0415
+    from invrender.train import resolve_device  # noqa: PLC0415
 
     out = cfg.out or Path(cfg.run) / ("metrics_mesh.json" if cfg.geometry == "mesh" else "metrics.json")
     m = evaluate_run(cfg.run, out, cfg.split, cfg.backend, envmaps_dir=cfg.envmaps, relight=cfg.relight,
-                     figures_dir=cfg.figures, geometry=cfg.geometry)
+                     figures_dir=cfg.figures, geometry=cfg.geometry, device=resolve_device(cfg.device))
     print(format_summary(m))
     print(f"wrote {out}; figures and metrics.md in {m['figures']}")
 

@@ -40,6 +40,7 @@ the renders, and under ``RUN/eval/`` one comparison grid per quantity (rows: the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -220,6 +221,12 @@ def render_run_view(
             raise ValueError(f"run {run.run_dir} has no environment light to render blend '{blend}' with")
         mips = mips if mips is not None else _Mips()(light.resolution)
     device = run.params["means"].device
+    # a map read from disk is on the CPU: it follows the run (a module moves in place, once)
+    for lt in (light, target):
+        if lt is not None:
+            lt.to(device)
+    if albedo_scale is not None:
+        albedo_scale = albedo_scale.to(device)
     if run.mesh is not None:
         from invrender.mesh.render import render_mesh_view  # noqa: PLC0415
 
@@ -236,13 +243,27 @@ def render_run_view(
     )
 
 
+def on_cpu(out: PRDRender) -> PRDRender:
+    """A render's images and G-buffer on the CPU, where the ground truth and the PNG writer are
+    (the same object on a CPU run). The projected Gaussians are dropped."""
+    if out.final.device.type == "cpu":
+        return out
+
+    def moved(obj):
+        return {f.name: getattr(obj, f.name).cpu() for f in dataclasses.fields(obj)
+                if isinstance(getattr(obj, f.name), Tensor)}
+
+    return dataclasses.replace(out, gbuffer=dataclasses.replace(out.gbuffer, **moved(out.gbuffer)), projected=None,
+                               **moved(out))
+
+
 @torch.no_grad()
 def render_views(run: LoadedRun, views, backend: str = "auto"):
-    """Yield (name, premultiplied display rgb [H, W, 3], alpha [H, W, 1]) per view."""
+    """Yield (name, premultiplied display rgb [H, W, 3], alpha [H, W, 1]) per view, on the CPU."""
     mips = _Mips()
     for i, name in enumerate(views.names):
         m = mips(run.light.resolution) if run.blend != "radiance" else None
-        out = render_run_view(run, views, i, mips=m, backend=backend)
+        out = on_cpu(render_run_view(run, views, i, mips=m, backend=backend))
         yield name, out.final, out.alpha
 
 
@@ -253,11 +274,11 @@ def straight_rgba(rgb: Tensor, alpha: Tensor) -> Tensor:
 
 
 def render_split(run_dir: Path, out_dir: Path, split: str = "test", backend: str = "auto",
-                 geometry: str = "gaussian") -> list[Path]:
+                 geometry: str = "gaussian", device: str | torch.device = "cpu") -> list[Path]:
     """``invrender render``: one RGBA PNG per view, named after the view."""
     from invrender.image_io import write_png  # noqa: PLC0415
 
-    run = load_run(run_dir, geometry=geometry)
+    run = load_run(run_dir, device, geometry=geometry)
     _, views = _load_split(run, split, load_gt=False)
     out_dir = Path(out_dir)
     paths = []
@@ -391,6 +412,7 @@ def evaluate_run(
     figures_dir: Path | None = None,
     geometry: str = "gaussian",
     extra: dict | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict:
     """``invrender eval``: the metrics of the module docstring for a run on a split; writes
     ``out_json`` atomically, the renders (RGBA PNGs) under ``run_dir/renders/<split>`` (or
@@ -398,11 +420,12 @@ def evaluate_run(
     ``figures_dir``). ``relight=False`` skips the relighting and the grey baseline (the slow part);
     ``envmaps_dir`` replaces the dataset's ``envmaps/`` folder. ``geometry="mesh"`` measures the mesh
     stage's textured mesh instead of the Gaussians (default folders ``renders_mesh/`` and ``eval_mesh/``);
-    ``extra`` entries are added to the metrics as they are."""
+    ``extra`` entries are added to the metrics as they are. ``device``: where the views are rendered
+    (the comparisons run on the CPU)."""
     from invrender.image_io import write_png  # noqa: PLC0415
     from invrender.relight import load_envmap_light  # noqa: PLC0415
 
-    run = load_run(run_dir, geometry=geometry)
+    run = load_run(run_dir, device, geometry=geometry)
     scene, views = _load_split(run, split)
     kind = resolve_background(run.meta.get("background", "white"), scene.white_background)
     bg = background_color(kind, "cpu")
@@ -438,8 +461,8 @@ def evaluate_run(
     stride = max(1, math.ceil(n_px / ALBEDO_SAMPLES))
     albedo_pred, albedo_gt = [], []  # object-pixel samples [m, 3] for the alignment
     for i, name in enumerate(views.names):
-        out = render_run_view(run, views, i, mips=mips(run.light_resolution) if run.blend != "radiance" else None,
-                              backend=backend)
+        out = on_cpu(render_run_view(run, views, i, backend=backend,
+                                     mips=mips(run.light_resolution) if run.blend != "radiance" else None))
         g = out.gbuffer
         gt_a = views.alphas[i]  # [H, W, 1]
         obj = gt_a[..., 0] > 0.5  # [H, W]
@@ -492,7 +515,7 @@ def evaluate_run(
         albedo_gb = None
         for env, light in lights.items():
             m = mips(light.resolution)
-            out = render_run_view(run, views, i, light, albedo_scale=scale, mips=m, backend=backend)
+            out = on_cpu(render_run_view(run, views, i, light, albedo_scale=scale, mips=m, backend=backend))
             if albedo_gb is None:
                 albedo_gb = out.gbuffer
             rgba = gt[f"rgba_{env}"][i]  # [H, W, 4] linear + alpha
@@ -504,13 +527,13 @@ def evaluate_run(
             rl["psnr_obj"][env].append(psnr(pred, g_img, obj))
             rl["ssim"][env].append(float(ssim(pred, g_img)))
             grids.setdefault(f"relight_{env}", _Grid()).add(g_img, pred)
-            grey = render_run_view(run, views, i, light, blend="pbr", material_override=GREY_MATERIAL, mips=m,
-                                   backend=backend)
+            grey = on_cpu(render_run_view(run, views, i, light, blend="pbr", material_override=GREY_MATERIAL, mips=m,
+                                          backend=backend))
             rl["grey"][env].append(psnr((grey.final + (1 - grey.alpha) * bg).clamp(0, 1), g_img, obj))
         if scale is not None:
             if albedo_gb is None:  # nothing relit: a cheap render for the aligned albedo alone
-                albedo_gb = render_run_view(run, views, i, blend="radiance", albedo_scale=scale,
-                                            backend=backend).gbuffer
+                albedo_gb = on_cpu(render_run_view(run, views, i, blend="radiance", albedo_scale=scale,
+                                                   backend=backend)).gbuffer
             gt_a = views.alphas[i]
             p, po = albedo_psnr(albedo_gb.albedo, gt["albedo"][i], albedo_gb.alpha, gt_a, bg)
             albedo_rec["psnr"].append(p)

@@ -77,14 +77,15 @@ def relight_split(
     albedo_scale=None,
     backend: str = "auto",
     geometry: str = "gaussian",
+    device: str | torch.device = "cpu",
 ) -> list[Path]:
     """``invrender relight``: one RGBA PNG (straight alpha) per view of ``split``, named after the
     view as ``invrender render`` names them, rendered under ``envmap``. Returns the written paths."""
-    from invrender.eval import _load_split, _Mips, load_run, render_run_view, straight_rgba  # noqa: PLC0415
+    from invrender.eval import _load_split, _Mips, load_run, on_cpu, render_run_view, straight_rgba  # noqa: PLC0415
     from invrender.image_io import write_png  # noqa: PLC0415
 
     scale = _check_albedo_scale(albedo_scale)
-    run = load_run(run_dir, geometry=geometry)
+    run = load_run(run_dir, device, geometry=geometry)
     # the map is checked before the (slower) dataset is read, so a typo fails at once
     light = load_envmap_light(envmap, run.light_resolution, rotation_deg, intensity)
     if run.blend == "radiance":
@@ -95,7 +96,7 @@ def relight_split(
     out_dir = Path(out_dir)
     paths = []
     for i, name in enumerate(views.names):
-        out = render_run_view(run, views, i, light, albedo_scale=scale, mips=mips, backend=backend)
+        out = on_cpu(render_run_view(run, views, i, light, albedo_scale=scale, mips=mips, backend=backend))
         path = out_dir / f"{name}.png"
         write_png(path, straight_rgba(out.final, out.alpha).numpy())
         paths.append(path)

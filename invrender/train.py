@@ -138,7 +138,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
+        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
     return torch.device(device)
 
 
@@ -360,7 +360,7 @@ class Trainer:
         if cfg.eval_at_end:
             from invrender.eval import evaluate_run, format_summary  # noqa: PLC0415
 
-            metrics = evaluate_run(self.out, self.out / "metrics.json", backend=cfg.backend)
+            metrics = evaluate_run(self.out, self.out / "metrics.json", backend=cfg.backend, device=self.device)
             print(format_summary(metrics))
             print(f"renders in {self.out / 'renders' / 'test'}, metrics in {self.out / 'metrics.json'}, "
                   f"figures in {metrics.get('figures')}")

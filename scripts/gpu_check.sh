@@ -6,8 +6,8 @@
 #
 # Steps, each timed and recorded with status ok / failed / skipped and the tail of its output:
 #   environment      nvidia-smi, torch + CUDA, nvcc, compilers, the [gpu] extras
-#   install_wheels   pip install --no-index --find-links WHEELS of what is missing among
-#                    gsplat, diffrp-nvdiffrast, packaging (torch pinned to the installed build)
+#   install_wheels   pip install --no-index --find-links WHEELS of what is missing among the
+#                    project's dependencies and the [gpu] extra (torch pinned to the installed build)
 #   nvcc_compile     nvcc -c of every cuda/*.cu (when nvcc exists)
 #   cuda_ext_build   JIT build of the native CUDA extension          [GPU]
 #   gpu_tests        pytest -m gpu (collect-only count, then the run) [GPU]
@@ -25,7 +25,7 @@
 #                   python scripts/make_synthetic.py --res 800 --n-train 100 --n-test 200 --out DIR
 #   --python PATH   interpreter (default: .venv/bin/python of the repo, else python3);
 #                   installs go into its environment only
-#   --budget-s S    no new step starts after S seconds (default 540); a running step is
+#   --budget-s S    no new step starts after S seconds (default 900); a running step is
 #                   stopped at the budget. The full --scene run needs a larger budget.
 #   --dry-run       everything that does not need CUDA: tool checks, what would be installed,
 #                   nvcc compile, the gpu tests (which skip), tiny CPU versions of the
@@ -35,7 +35,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-WHEELS="" OUT="" PY="" SCENE="" DRY=0 BUDGET=540
+WHEELS="" OUT="" PY="" SCENE="" DRY=0 BUDGET=900
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
 need_arg() { [[ $# -ge 2 && -n "$2" ]] || { echo "gpu_check.sh: $1 needs a value" >&2; exit 2; }; }
@@ -147,10 +147,18 @@ def cmd_get(path, key):
     print("" if v is None else (int(v) if isinstance(v, bool) else v))
 
 
+# distribution -> module, for the project's own dependencies and the [gpu] extra: a CUDA image
+# with PyTorch often lacks the small ones (seen on an H200 image: tyro, plyfile, xatlas, ...)
+NEEDED = (("tyro", "tyro"), ("plyfile", "plyfile"), ("fast-simplification", "fast_simplification"),
+          ("xatlas", "xatlas"), ("opencv-python-headless", "cv2"), ("scikit-image", "skimage"), ("scipy", "scipy"),
+          ("tqdm", "tqdm"), ("pillow", "PIL"), ("ninja", "ninja"), ("numpy", "numpy"),
+          ("gsplat", "gsplat"), ("diffrp-nvdiffrast", "nvdiffrast.torch"), ("packaging", "packaging"))
+
+
 def cmd_missing():
-    """Distributions of the [gpu] extra whose import fails, one a line."""
+    """Distributions among NEEDED whose import fails, one a line."""
     import importlib
-    for dist, mod in (("gsplat", "gsplat"), ("diffrp-nvdiffrast", "nvdiffrast.torch"), ("packaging", "packaging")):
+    for dist, mod in NEEDED:
         try:
             importlib.import_module(mod)
         except Exception:
@@ -453,7 +461,7 @@ if [[ $DRY == 0 && "$CUDA" == 1 ]]; then GPU_OK=1; fi
 # 2. wheels: only what is missing, into $PY's environment, torch pinned to the installed build
 MISSING="$(helper missing | tr '\n' ' ' | sed 's/ *$//')"
 if [[ -z "$MISSING" ]]; then
-    skip install_wheels 0 "gsplat, diffrp-nvdiffrast and packaging already importable: nothing to install"
+    skip install_wheels 0 "the dependencies and the [gpu] extra are importable: nothing to install"
 elif [[ -z "$WHEELS" ]]; then
     skip install_wheels 0 "no --wheels DIR given; would install: $MISSING"
 elif [[ ! -d "$WHEELS" ]]; then
@@ -490,7 +498,7 @@ fi
 
 # 4. JIT build of the native CUDA extension
 if [[ $GPU_OK == 1 ]]; then
-    CACHED="$(ls "${INVRENDER_CACHE:-$HOME/.cache/invrender}"/torch_extensions/cuda/*.so 2>/dev/null | head -1 || true)"
+    CACHED="$(ls "${INVRENDER_CACHE:-$HOME/.cache/invrender}"/torch_extensions/cuda/*/*.so 2>/dev/null | head -1 || true)"
     if [[ -n "$CACHED" ]]; then STEP_NOTE="a previous build was cached: the time is not a fresh build"; fi
     INVRENDER_VERBOSE_BUILD=1 run cuda_ext_build 1 420 "" -- "$PY" -c \
         "from invrender.splat.native import load_extension; m = load_extension('cuda'); print('built', m.__file__)"
@@ -504,7 +512,9 @@ NOCUDA_ENV=()
 DEFER=1 run gpu_tests_collect 0 120 "" -- "${NOCUDA_ENV[@]}" "$PY" -m pytest -m gpu --collect-only -q -p no:cacheprovider tests
 JUNIT="$LOGS/gpu_tests.xml"
 [[ $GPU_OK == 1 ]] || STEP_NOTE="$GPU_SKIP"
-DEFER=1 run gpu_tests 1 420 "" -- "${NOCUDA_ENV[@]}" "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider --junitxml="$JUNIT" tests
+# -v and a stack dump after 240 s: a step stopped at its limit still says which test it was in and where
+DEFER=1 run gpu_tests 1 600 "" -- "${NOCUDA_ENV[@]}" "$PY" -m pytest -m gpu -v -rs --durations=0 -p no:cacheprovider \
+    -o faulthandler_timeout=240 --junitxml="$JUNIT" tests
 if [[ $STEP_RC != 125 ]]; then
     helper pytest-summary "$JUNIT" "$LOGS/gpu_tests_collect.log" "$LOGS/gpu_tests.json" || true
     if [[ $STEP_STATUS == ok && ! -s "$JUNIT" ]]; then STEP_STATUS=failed STEP_REASON="pytest wrote no junit report"; fi

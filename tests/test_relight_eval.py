@@ -169,6 +169,24 @@ def test_relight_cli_bad_envmap_is_one_clear_line(tiny_prd_run, tmp_path, capsys
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("command", ["render", "relight", "eval"])
+def test_device_choice_of_render_relight_eval(tiny_prd_run, embedded_scene, tmp_path, capsys, command):
+    from invrender.cli import main
+
+    args = {"render": ["--out", str(tmp_path / "o")],
+            "relight": ["--out", str(tmp_path / "o"), "--envmap", str(embedded_scene / "envmaps" / "sunset.hdr")],
+            "eval": ["--out", str(tmp_path / "m.json"), "--no-relight", "--figures", str(tmp_path / "f")]}[command]
+    if not torch.cuda.is_available():
+        # asking for CUDA where there is none: one line saying so, nothing written
+        with pytest.raises(SystemExit) as e:
+            main([command, "--run", str(tiny_prd_run), "--device", "cuda", *args])
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and "--device cuda" in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "o").exists() and not (tmp_path / "m.json").exists()
+    main([command, "--run", str(tiny_prd_run), "--device", "cpu", *args])
+    assert (tmp_path / "o").is_dir() or (tmp_path / "m.json").is_file()
+
+
 # ------------------------------------------------------------------------------------------------
 # rotation: a mirror-like gold ball under a map with one bright spot
 
