@@ -219,7 +219,7 @@ def test_stage_switches_do_what_prd_says(embedded_scene, tmp_path):
     torch.testing.assert_close(t.visibility[:, -1], d.ao.indirect * (1 - ao))  # the bounce fill is part of the bake
     under_light = light_visibility(t.visibility, t.light)
     assert under_light.shape == (n, 1)
-    assert 0 <= float(under_light.min()) and float(under_light.max()) <= 1
+    assert 0 <= float(under_light.detach().min()) and float(under_light.detach().max()) <= 1
     assert t.optimizers["means"].param_groups[0]["lr"] < t.cfg.lr.means * t.extent * d.geometry_lr_scale * 1.0001
     albedo = torch.sigmoid(t.params["albedo"])
     assert torch.allclose(albedo, torch.full_like(albedo, 0.99), atol=0.02)  # one Adam step away from 0.99
