@@ -67,6 +67,9 @@ GREY_MATERIAL = {"albedo": 0.5, "roughness": 0.5, "metallic": 0.0, "progress": 1
 DEFAULT_LIGHT_RESOLUTION = 128
 
 
+REFLECTION_GRIDS_KEPT = 6  # lit grids a loaded run keeps (the learned light, the relight maps, the viewer's)
+
+
 @dataclass
 class LoadedRun:
     run_dir: Path
@@ -82,10 +85,29 @@ class LoadedRun:
     mesh: TexturedMesh | None = None
     """The mesh stage's textured mesh when loaded with ``geometry="mesh"``: the run then renders it."""
     _prd_params: dict[str, Tensor] | None = field(default=None, repr=False)
+    _reflection_grids: list = field(default_factory=list, repr=False)  # [(light, scale key, grid)]
 
     @property
     def has_materials(self) -> bool:
         return all(k in self.params for k in MATERIAL_NAMES)
+
+    def reflection_grid(self, light: EnvironmentLight, albedo_scale: Tensor | None = None):
+        """The run's Gaussians lit by ``light`` (albedo times ``albedo_scale``) for the traced
+        reflections it was trained with (:mod:`invrender.distill.reflection`); None for runs
+        trained without them, before stage 2, and for the mesh. Kept for the last few lights."""
+        from invrender.distill.reflection import ReflectionConfig, lit_grid  # noqa: PLC0415
+
+        cfg = self.meta.get("reflection")
+        if not cfg or not self.has_materials or self.mesh is not None:
+            return None
+        key = None if albedo_scale is None else tuple(float(v) for v in albedo_scale.reshape(-1))
+        for lt, k, grid in self._reflection_grids:
+            if lt is light and k == key:
+                return grid
+        geometry = self._reflection_grids[0][2] if self._reflection_grids else None
+        grid = lit_grid(self.params, self.visibility, light, ReflectionConfig(**cfg), albedo_scale, geometry)
+        self._reflection_grids = [(light, key, grid), *self._reflection_grids][:REFLECTION_GRIDS_KEPT]
+        return grid
 
     @property
     def light_resolution(self) -> int:
@@ -235,11 +257,19 @@ def render_run_view(
             None, blend=blend, mips=mips, tonemapping=run.tonemapping, albedo_scale=albedo_scale,
             material_override=override or None, target_light=target, backend="auto" if backend == "gsplat" else backend,
         )
+    # traced reflections, as trained: the scene lit by the light shaded with (and by the target);
+    # not for the grey baseline, whose materials are not the run's
+    refl = refl_target = None
+    if blend in ("prd", "pbr") and not material_override:
+        refl = run.reflection_grid(light, albedo_scale if target is None else None)
+        if refl is not None and target is not None:
+            refl_target = run.reflection_grid(target, albedo_scale)
     return render_prd(
         prd_params(run), light, views.viewmats[i].to(device), views.Ks[i].to(device), views.width, views.height,
         run.meta["sh_degree"], None, blend=blend, visibility=run.visibility, mips=mips,
         tonemapping=run.tonemapping, albedo_scale=albedo_scale, material_override=override or None,
         target_light=target, backend=backend, visibility_per_pixel=visibility_per_pixel,
+        reflections=refl, target_reflections=refl_target,
     )
 
 

@@ -8,7 +8,9 @@ coverage and visibility kept). Scores are ``invrender eval``'s object-pixel reli
 split into metal and dielectric pixels (true metallic > 0.5), with the mean brightness against the
 reference and the normal error per class. A row that gains much over "learned" names the channel
 to work on; "everything true" is the ceiling of the shading model on this geometry (compare
-``scripts/relight_ceiling.py``, which also replaces the geometry and has no visibility).
+``scripts/relight_ceiling.py``, which also replaces the geometry and has no visibility). A run
+trained with traced reflections has them traced here too, along each row's normals, through its
+Gaussians lit by each map.
 
 The PRD blend's radiance part is left out (blend ``pbr``): relit, it only rescales the same
 physically based colour, so the learned row is within a few hundredths of a dB of
@@ -40,6 +42,7 @@ def main() -> None:
     import torch.nn.functional as F
 
     from invrender.cameras import pixel_rays
+    from invrender.distill.reflection import reflection_image, surface_points
     from invrender.eval import (
         _load_split, _Mips, albedo_alignment_scale, composite_display, find_envmaps, load_run, render_run_view,
     )
@@ -91,11 +94,15 @@ def main() -> None:
                 if int(classes[c].sum()) > 20:
                     normal_err[c].append(float(ang[classes[c]].mean()))
             d = pixel_rays(views.Ks[i], views.width, views.height) @ views.viewmats[i][:3, :3]
+            points = surface_points(first[k].depth, views.Ks[i], views.viewmats[i])
             for row, swap in ROWS.items():
                 g = dataclasses.replace(g0, **{ch: gt[ch][i] for ch in swap})
                 for env in envs:
                     rgba = gt[f"rgba_{env}"][i]
                     ga = rgba[..., 3:]
+                    grid = run.reflection_grid(lights[env], scale)  # a run trained with traced reflections
+                    if grid is not None:  # the mirror rays of this row's normals, lit by this map
+                        g = dataclasses.replace(g, reflection=reflection_image(grid, points, g.normal, d, g.alpha))
                     sh = shade(g, lights[env], d, mips=mips)
                     out = (sh.pbr * ga + (1 - ga) * bg).clamp(0, 1)
                     want = composite_display(rgba[..., :3], ga, bg)

@@ -2,6 +2,7 @@
 deferred renderer's consistency with the radiance renderer, bit-for-bit resume across stages and
 non-finite detection in the distillation stages."""
 
+import dataclasses
 import math
 
 import pytest
@@ -226,9 +227,13 @@ def test_stage_switches_do_what_prd_says(embedded_scene, tmp_path):
     for _ in range(3):
         t.train_step()
     assert t.params["means"].shape[0] == n  # no densification after stage 1: visibility stays aligned
+    assert t.reflections is None  # stage 2 sees only the sky
     t.train_step()  # step 15: diffuse; metallic released from its stage-2 value
     m = torch.sigmoid(t.params["metallic"])
     assert torch.allclose(m, torch.full_like(m, d.metallic_init), atol=0.02)
+    # traced reflections from stage 3 on, lit by the learned light, recorded in the run's meta
+    assert t.reflections is not None and t.reflections.radiance is not None and t._reflections_step == 15
+    assert t.meta()["reflection"] == dataclasses.asdict(d.reflection)
     for _ in range(3):
         t.train_step()
     assert t.optimizers["progress"].param_groups[0]["lr"] == d.lr_progress

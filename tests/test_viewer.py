@@ -290,7 +290,12 @@ def test_mesh_backend_goes_through_render_mesh_view(ctx, cam, tmp_path, monkeypa
     st = _state(envmap="sunset")
     got = render_frame(mesh_ctx, dataclasses.replace(st, backend="mesh"), cam)
     assert calls == [("a mesh", True, (4, 4), (3, 3), RES, RES, {"blend": "radiance"})]
-    np.testing.assert_array_equal(got, render_frame(ctx, st, cam))
+    # the mesh is not trained with traced reflections: the same as the Gaussians shaded without them
+    assert ctx.run.meta.get("reflection")  # (the Gaussians of this run do trace them)
+    flat = dataclasses.replace(ctx.run, meta={**ctx.run.meta, "reflection": None})
+    plain = ViewerContext(flat, views=ctx.views, envmaps=dict(ctx._envmap_paths), mips=ctx.mips)
+    np.testing.assert_array_equal(got, render_frame(plain, st, cam))
+    assert np.abs(got.astype(float) - render_frame(ctx, st, cam).astype(float)).max() > 0
 
 
 def test_a_run_without_light_shows_its_radiance(ctx, cam):

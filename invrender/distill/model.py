@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from invrender.cameras import pixel_rays
+from invrender.distill.reflection import ReflectionGrid, reflection_image, surface_points
 from invrender.shading.light import EnvironmentLight
 from invrender.shading.prefilter import SpecularMips
 from invrender.shading.shade import MAX_RESIDUAL, GBuffer, progress_blend, shade
@@ -120,6 +121,8 @@ def render_prd(
     max_residual: float = MAX_RESIDUAL,
     backend: str = "auto",
     visibility_per_pixel: bool = False,
+    reflections: ReflectionGrid | None = None,
+    target_reflections: ReflectionGrid | None = None,
 ) -> PRDRender:
     """Deferred PRD rendering of one view (see the module docstring).
 
@@ -137,9 +140,15 @@ def render_prd(
     A transfer-record ``visibility`` (:mod:`invrender.shading.shadowing`) is read per Gaussian for
     ``light`` (and ``target_light``) before rasterizing, one channel each; with
     ``visibility_per_pixel`` the record itself is rasterized instead and ``gbuffer.visibility``
-    holds it, for callers that shade the same buffers under several lights (the viewer)."""
+    holds it, for callers that shade the same buffers under several lights (the viewer).
+
+    ``reflections``: the scene lit by ``light`` (:mod:`invrender.distill.reflection`); the mirror
+    ray of every covered pixel is traced through it, and its specular term sees what the ray met
+    where the scene hides the sky (``target_reflections``: the same lit by ``target_light``)."""
     if blend not in BLEND_MODES:
         raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
+    if reflections is not None and target_light is not None and target_reflections is None:
+        raise ValueError("relighting with traced reflections needs target_reflections (the scene lit by target_light)")
     means = params["means"]
     n = means.shape[0]
     proj, radiance, cam_center = project_with_colors(params, viewmat, K, width, height, sh_degree, backend)
@@ -176,10 +185,17 @@ def render_prd(
                 alpha=alpha, radiance=rad_px, progress=prog.clamp(0, 1), visibility=vis_px[0])
     view_dirs = F.normalize(pixel_rays(K.to(means.dtype), width, height) @ viewmat[:3, :3], dim=-1)  # [H, W, 3] world
     z = torch.where(alpha > 1e-4, depth / a, torch.zeros_like(depth))
+    target_reflection = None
+    if reflections is not None and blend != "radiance":
+        points = surface_points(z.detach(), K, viewmat)
+        g = dataclasses.replace(g, reflection=reflection_image(reflections, points, nrm.detach(), view_dirs, alpha))
+        if target_light is not None:
+            target_reflection = reflection_image(target_reflections, points, nrm.detach(), view_dirs, alpha)
     return finish_render(
         g, light, viewmat, K, z, view_dirs, background, blend=blend, mips=mips, tonemapping=tonemapping,
         albedo_scale=albedo_scale, target_light=target_light, max_residual=max_residual, projected=proj,
         target_visibility=vis_px[1].clamp(0, 1) if vis_target is not None else None,
+        target_reflection=target_reflection,
     )
 
 
@@ -195,6 +211,7 @@ def blend_shading(
     albedo_learned: Tensor | None = None,  # [H, W, 3] the albedo before evaluation scaling
     max_residual: float = MAX_RESIDUAL,
     target_visibility: Tensor | None = None,  # [H, W, C] the diffuse visibility under target_light
+    target_reflection: Tensor | None = None,  # [H, W, 4] the traced reflection under target_light
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Shade a G-buffer and blend it with its radiance by progress (:func:`progress_blend`):
     ``(blended [H, W, 3] display space per surface, pbr_linear, pbr)``. ``g.visibility`` is the
@@ -208,6 +225,8 @@ def blend_shading(
     train = None
     if target_light is not None:
         g_target = g if target_visibility is None else dataclasses.replace(g, visibility=target_visibility)
+        if g.reflection is not None:  # what the mirror rays meet is lit by the target light too
+            g_target = dataclasses.replace(g_target, reflection=target_reflection)
         sh = shade(g_target, target_light, view_dirs, mips=mips, tonemapping=tonemapping)
         pbr_linear, pbr = sh.pbr_linear, sh.pbr
         if blend != "pbr":
@@ -243,6 +262,7 @@ def finish_render(
     max_residual: float = MAX_RESIDUAL,
     projected: Projected | None = None,
     target_visibility: Tensor | None = None,  # [H, W, C] (see blend_shading)
+    target_reflection: Tensor | None = None,  # [H, W, 4] (see blend_shading)
 ) -> PRDRender:
     """Everything after rasterization, the same for both geometry backends: the evaluation's
     albedo scale, the specular stage's metallic held at 1, :func:`blend_shading`, coverage and
@@ -255,6 +275,7 @@ def finish_render(
     blended, pbr_linear, pbr = blend_shading(
         g, light, view_dirs, blend=blend, mips=mips, tonemapping=tonemapping, target_light=target_light,
         albedo_learned=albedo_learned, max_residual=max_residual, target_visibility=target_visibility,
+        target_reflection=target_reflection,
     )
     final = blended * g.alpha
     if background is not None:

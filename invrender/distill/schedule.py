@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from invrender.distill.reflection import ReflectionConfig
 from invrender.distill.visibility import AOConfig
 
 STAGES = ("radiance", "specular", "diffuse", "joint")
@@ -91,6 +92,10 @@ class DistillConfig:
     """Weight of a smoothness of the albedo on metals (stages 3-4), weighted by metallic and blind
     to the photo's edges, which on a metal are reflections that must not go into its base colour
     (embedded scene: albedo +0.5 dB, relighting +0.16 dB at 0.3; 1.0 roughened the materials)."""
+    lambda_smooth_metal_normal: float = 0.0
+    """Weight of the same photo-blind, metallic-weighted smoothness on the rendered normal map
+    (stages 3-4): the edge-aware normal smoothness switches off at a metal's reflections, which are
+    edges in the photo but not in the surface."""
     smooth_edge_scale: float = 10.0
     """How fast an edge in the photo switches the smoothness off: weight ``exp(-scale |dI|)`` with
     ``|dI|`` the mean absolute RGB difference (display space) of the two pixels."""
@@ -118,6 +123,10 @@ class DistillConfig:
     ao: AOConfig = field(default_factory=AOConfig)
     """The baked visibility of the diffuse term (shadowing transfer, or ambient occlusion only): at
     stage 2 and again at stage 3."""
+    reflection: ReflectionConfig = field(default_factory=ReflectionConfig)
+    """Traced specular inter-reflection in stages 3-4 and when the run is rendered: the mirror
+    direction is marched through the Gaussians' density, and what it meets (their diffuse colour
+    under the light) replaces the sky it hides (:mod:`invrender.distill.reflection`)."""
 
     @property
     def steps(self) -> int:

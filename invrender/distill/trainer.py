@@ -10,6 +10,7 @@ the Gaussians' count and order are fixed from then on, which keeps the baked vis
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -84,6 +85,9 @@ def metal_albedo_smoothness(albedo: Tensor, metallic: Tensor, mask: Tensor) -> T
     return _neighbour_smoothness(albedo, mask, weight)
 
 
+REFLECTION_INPUTS = ("means", "scales", "quats", "opacities", "albedo", "metallic")  # what the lit grid reads
+
+
 class PRDTrainer(Trainer):
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -94,6 +98,10 @@ class PRDTrainer(Trainer):
         self._mips = None
         self.last_bake_s: float | None = None
         self.mesh_normals: Tensor | None = None  # [V, H, W, 3] target normals (0 where the mesh is absent)
+        self.reflections = None  # ReflectionGrid lit by the learned light (stages 3-4), rebuilt now and then
+        self._reflection_inputs: dict | None = None
+        self._reflections_step: int | None = None
+        self.last_reflection_s: float | None = None
         self.prior = None  # StableMaterial guidance, loaded once here when --prior.path is set
         if cfg.prior.enabled:
             from invrender.prior.guidance import MaterialPrior, prior_window  # noqa: PLC0415  (diffusers: only when on)
@@ -132,7 +140,8 @@ class PRDTrainer(Trainer):
         m = super().meta()
         d = self.cfg.distill
         m.update(preset=self.cfg.preset, tonemapping=d.tonemapping, light_resolution=d.light_resolution,
-                 ao_indirect=d.ao.indirect)
+                 ao_indirect=d.ao.indirect,
+                 reflection=dataclasses.asdict(d.reflection) if self._traces_reflections() else None)
         if self.schedule is not None and self.step >= 1:
             m["stage"] = self.stage()
             m["blend"] = self.blend()
@@ -168,6 +177,10 @@ class PRDTrainer(Trainer):
             sd["prior"] = self.prior.state_dict()
         if self.mesh_normals is not None:
             sd["mesh_normals"] = self.mesh_normals.cpu()
+        if self._reflection_inputs is not None:
+            r = self._reflection_inputs
+            sd["reflection_inputs"] = {"step": r["step"], "params": {k: v.cpu() for k, v in r["params"].items()},
+                                       "light": {k: v.cpu() for k, v in r["light"].items()}}
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
@@ -180,6 +193,8 @@ class PRDTrainer(Trainer):
         self.visibility = sd["visibility"].to(self.device) if "visibility" in sd else None
         if self.prior is not None and "prior" in sd:
             self.prior.load_state_dict(sd["prior"])
+        if "reflection_inputs" in sd and self._traces_reflections():
+            self._restore_reflections(sd["reflection_inputs"])
 
     def save_checkpoint(self):
         path = super().save_checkpoint()
@@ -198,6 +213,43 @@ class PRDTrainer(Trainer):
         d = self.cfg.distill
         self.light = EnvironmentLight(d.light_resolution, d.light_init).to(self.device)
         self.light_opt = torch.optim.Adam(self.light.parameters(), lr=d.lr_light, eps=1e-15)
+
+    # ------------------------------------------------------------------ traced reflections
+    def _traces_reflections(self) -> bool:
+        return self.cfg.distill.reflection.enable and self.cfg.preset != "radiance"
+
+    @torch.no_grad()
+    def reflection_grid(self, stage: str):
+        """The scene lit by the learned light for the traced reflections of stages 3-4 (None
+        before, or when off), rebuilt every ``reflection.refresh_every`` steps."""
+        from invrender.distill.reflection import lit_grid  # noqa: PLC0415
+
+        cfg = self.cfg.distill.reflection
+        if not self._traces_reflections() or stage not in ("diffuse", "joint"):
+            return None
+        if self.reflections is None or self.step - self._reflections_step >= cfg.refresh_every:
+            t0 = time.perf_counter()
+            # what the grid is built from is kept for the checkpoint: a resumed run rebuilds the
+            # same grid instead of one from later parameters (resuming stays bit for bit)
+            self._reflection_inputs = {
+                "step": self.step,
+                "params": {k: self.params[k].detach().clone() for k in REFLECTION_INPUTS},
+                "light": {k: v.detach().clone() for k, v in self.light.state_dict().items()},
+            }
+            self.reflections = lit_grid(self.params, self.visibility, self.light, cfg)
+            self._reflections_step = self.step
+            self.last_reflection_s = time.perf_counter() - t0
+        return self.reflections
+
+    def _restore_reflections(self, saved: dict) -> None:
+        from invrender.distill.reflection import lit_grid  # noqa: PLC0415
+
+        light = EnvironmentLight(self.cfg.distill.light_resolution).to(self.device)
+        light.load_state_dict(saved["light"])
+        params = {k: v.to(self.device) for k, v in saved["params"].items()}
+        self._reflection_inputs = {"step": saved["step"], "params": params, "light": saved["light"]}
+        self.reflections = lit_grid(params, self.visibility, light, self.cfg.distill.reflection)
+        self._reflections_step = int(saved["step"])
 
     # ------------------------------------------------------------------ stage switches
     def enter_stage(self, stage: str) -> None:
@@ -300,7 +352,7 @@ class PRDTrainer(Trainer):
             self.params, self.light, self.viewmats[i], self.Ks[i], self.width, self.height, sh_degree, bg,
             blend=blend, visibility=self.visibility, mips=self.mips if blend != "radiance" else None,
             tonemapping=d.tonemapping, material_override=None if fixed is None else {"progress": fixed},
-            backend=cfg.backend,
+            backend=cfg.backend, reflections=self.reflection_grid(stage) if blend in ("prd", "pbr") else None,
         )
         gt_a = self.gt_alpha[i]  # [H, W, 1]
         gt = self.gt_rgb[i] * gt_a + bg * (1.0 - gt_a)
@@ -327,6 +379,10 @@ class PRDTrainer(Trainer):
             loss_ma = metal_albedo_smoothness(out.gbuffer.albedo, out.gbuffer.metallic, mask)
             loss = loss + d.lambda_smooth_metal_albedo * loss_ma
             terms["smooth_metal_albedo"] = float(loss_ma.detach())
+        if d.lambda_smooth_metal_normal > 0 and stage != "specular":
+            loss_mn = metal_albedo_smoothness(F.normalize(out.gbuffer.normal, dim=-1), out.gbuffer.metallic, mask)
+            loss = loss + d.lambda_smooth_metal_normal * loss_mn
+            terms["smooth_metal_normal"] = float(loss_mn.detach())
         if d.lambda_flat > 0:
             s = torch.exp(self.params["scales"])  # [N, 3]
             loss_flat = s.min(dim=-1).values.mean() / s.max(dim=-1).values.mean().detach()

@@ -192,9 +192,9 @@ def _grid_box(
 
 
 def _deposit(
-    density: Tensor,  # [nz * ny * nx] flat, accumulated in place
+    density: Tensor,  # [nz * ny * nx, C] flat, accumulated in place
     pos: Tensor,  # [P, 3] voxel coordinates (x, y, z) of the sub-samples
-    mass: Tensor,  # [P] extinction mass of each sub-sample, in voxel units
+    mass: Tensor,  # [P, C] extinction mass of each sub-sample, in voxel units (times a weight per channel)
     dims: tuple[int, int, int],
 ) -> None:
     """Trilinear (mass-conserving) deposit of point masses into the flat density grid."""
@@ -205,7 +205,7 @@ def _deposit(
     for corner in range(8):
         off = torch.tensor([(corner >> 0) & 1, (corner >> 1) & 1, (corner >> 2) & 1], device=pos.device)
         idx = base + off  # [P, 3]
-        w = torch.where(off.bool(), frac, 1.0 - frac).prod(dim=-1) * mass  # [P]
+        w = torch.where(off.bool(), frac, 1.0 - frac).prod(dim=-1)[:, None] * mass  # [P, C]
         inside = (
             (idx[:, 0] >= 0) & (idx[:, 0] < nx) & (idx[:, 1] >= 0) & (idx[:, 1] < ny)
             & (idx[:, 2] >= 0) & (idx[:, 2] < nz)
@@ -215,10 +215,10 @@ def _deposit(
 
 
 def _splat_subsamples(
-    density: Tensor,  # [nz * ny * nx] flat grid of this level, accumulated in place
+    density: Tensor,  # [nz * ny * nx, C] flat grid of this level, accumulated in place
     centres: Tensor,  # [M, 3] Gaussian centres in this level's voxel coordinates
     axes: Tensor,  # [M, 3, 3] R S in this level's voxel units (columns: scaled local axes)
-    mass: Tensor,  # [M] extinction mass in this level's voxel units
+    mass: Tensor,  # [M, C] extinction mass in this level's voxel units (times a weight per channel)
     span: Tensor,  # [M, 2, 3] (lo, hi) of the sampled part of each local axis, in standard deviations
     per_axis: Tensor,  # [M, 3] sub-samples along each local axis
     dims: tuple[int, int, int],
@@ -249,15 +249,18 @@ def _splat_subsamples(
         w = (torch.erf(hi / math.sqrt(2.0)) - torch.erf(lo / math.sqrt(2.0))) / (2.0 * norm)  # [P, 3]
         u = 0.5 * (lo + hi)  # [P, 3] cell midpoints in standard deviations
         pos = centres[start:stop][gid] + (axes[start:stop][gid] @ u[:, :, None]).squeeze(-1)  # [P, 3]
-        _deposit(density, pos, mass[start:stop][gid] * w.prod(dim=-1), dims)
+        _deposit(density, pos, mass[start:stop][gid] * w.prod(dim=-1)[:, None], dims)
         start = stop
 
 
 def _density_grid(
     means: Tensor, scales: Tensor, quats: Tensor, opacities: Tensor,
-    origin: Tensor, voxel: float, dims: tuple[int, int, int],
+    origin: Tensor, voxel: float, dims: tuple[int, int, int], weights: Tensor | None = None,
 ) -> Tensor:
-    """Optical density per voxel (extinction per voxel length) [nz, ny, nx].
+    """Optical density per voxel (extinction per voxel length) [nz, ny, nx]; with per-Gaussian
+    ``weights`` [N, C], the density of each channel of ``weights`` times the Gaussian's own
+    [C, nz, ny, nx] (a colour carried by the density: divided by the plain density, it is the
+    density-weighted mean colour of the voxel).
 
     Gaussians are split into about one sub-sample per voxel along each axis of their 3-sigma box,
     so the deposit has no holes. A thick Gaussian that would need more than _MAX_SPLAT_SAMPLES
@@ -268,7 +271,8 @@ def _density_grid(
     """
     nx, ny, nz = dims
     device = means.device
-    density = torch.zeros(nz, ny, nx, device=device, dtype=torch.float32)
+    channels = 1 if weights is None else weights.shape[1]
+    density = torch.zeros(channels, nz, ny, nx, device=device, dtype=torch.float32)
 
     s = scales.clamp(min=0.0)  # [N, 3]
     s_sorted = s.sort(dim=-1).values
@@ -278,12 +282,12 @@ def _density_grid(
     mass = tau * 2.0 * math.pi * s_sorted[:, 1] * s_sorted[:, 2] / (voxel * voxel)  # [N]
     keep = (mass > 0).nonzero().squeeze(1)  # [M]
     if keep.numel() == 0:
-        return density
+        return density[0] if weights is None else density
     s_vox = s[keep] / voxel  # [M, 3]
     centres = (means[keep] - origin) / voxel  # [M, 3] fine voxel coordinates
     rot = quat_to_rotmat(quats[keep])  # [M, 3, 3]; columns are the local axes
     axes = rot * s_vox[:, None, :]  # [M, 3, 3] = R S in fine voxels
-    mass = mass[keep]
+    mass = mass[keep, None] if weights is None else mass[keep, None] * weights[keep].float()  # [M, C]
 
     # sample each local axis only over the part of [-3, 3] sigma whose slab meets the grid (grown
     # by the one-voxel reach of the trilinear deposit): a huge background Gaussian then costs
@@ -319,10 +323,10 @@ def _density_grid(
         size = 2.0**k
         dims_k = tuple(math.ceil((d - 1) / size) + 1 for d in dims)  # coarse nodes cover the fine grid
         per_axis = (span_vox[sel] / size).ceil().clamp(min=1.0).long()  # [S, 3]
-        flat = torch.zeros(dims_k[2] * dims_k[1] * dims_k[0], device=device, dtype=torch.float32)
+        flat = torch.zeros(dims_k[2] * dims_k[1] * dims_k[0], channels, device=device, dtype=torch.float32)
         # a coarse cell holds size^3 fine voxels: dividing the mass keeps the optical depth
         _splat_subsamples(flat, centres[sel] / size, axes[sel] / size, mass[sel] / size**3, span[sel], per_axis, dims_k)
-        coarse = flat.view(dims_k[2], dims_k[1], dims_k[0])
+        coarse = flat.T.reshape(channels, dims_k[2], dims_k[1], dims_k[0])
         if k == 0:
             density += coarse
             continue
@@ -331,8 +335,8 @@ def _density_grid(
             fine_nodes = torch.stack([xx, yy, zz], dim=-1)  # [nz, ny, nx, 3]
         to_ndc = 2.0 / torch.tensor([max(d - 1, 1) for d in dims_k], device=device, dtype=torch.float32)
         grid = (fine_nodes / size * to_ndc - 1.0)[None]  # [1, nz, ny, nx, 3]
-        density += F.grid_sample(coarse[None, None], grid, mode="bilinear", align_corners=True)[0, 0]
-    return density
+        density += F.grid_sample(coarse[None], grid, mode="bilinear", align_corners=True)[0]
+    return density[0] if weights is None else density
 
 
 def _ray_box_exit(o: Tensor, d: Tensor, lo: Tensor, hi: Tensor) -> Tensor:

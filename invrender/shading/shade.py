@@ -46,6 +46,7 @@ class GBuffer:
     radiance: Tensor | None = None  # [..., 3] display-space radiance colour (3DGS SH)
     progress: Tensor | None = None  # [..., 1] PRD blend weight in [0, 1]
     visibility: Tensor | None = None  # [..., 1 | 3 | 2K+1] diffuse visibility (shading.shadowing)
+    reflection: Tensor | None = None  # [..., 4] traced mirror ray: transmittance, linear radiance it met
 
 
 @dataclass
@@ -84,6 +85,8 @@ def shade(
     d1, d2 = tap_directions(n, refl, taps)
     both = mips.sample(levels, torch.stack([d1, d2]), torch.stack([taps[..., 1], taps[..., 3]]))
     prefiltered = taps[..., 4:5] * both[0] + (1.0 - taps[..., 4:5]) * both[1]
+    if gbuffer.reflection is not None:  # the scene in the mirror direction hides part of the sky
+        prefiltered = gbuffer.reflection[..., :1] * prefiltered + gbuffer.reflection[..., 1:]
     f0 = base_reflectance(gbuffer.albedo, gbuffer.metallic)
     specular = prefiltered * specular_albedo(n_dot_v_c[..., 0], gbuffer.roughness[..., 0], f0)
 

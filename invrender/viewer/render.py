@@ -26,6 +26,7 @@ learned light (``final = p tonemap(pbr') + (1 - p) tonemap(pbr' lin(radiance) / 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import tempfile
@@ -336,6 +337,7 @@ class _Raster:
     g: GBuffer  # every field [M, C] for the M covered pixels
     depth: Tensor  # [M, 1] z-depth
     view_dirs: Tensor  # [M, 3] world, camera -> surface
+    points: Tensor | None = None  # [M, 3] world positions, for traced reflections (Gaussians only)
 
 
 def _resolve_data_dir(run_dir: Path, data: str | None) -> Path | None:
@@ -557,7 +559,12 @@ class ViewerContext:
                     progress=pick(g_full.progress, 1, 1.0),
                     visibility=pick(g_full.visibility, 1 if g_full.visibility is None else g_full.visibility.shape[-1], 1.0))
         view_dirs = F.normalize(pixel_rays(K, width, height) @ viewmat[:3, :3], dim=-1)[mask]  # [M, 3]
-        raster = _Raster(width, height, mask, alpha, g, depth[mask], view_dirs)
+        points = None
+        if backend != "mesh":  # the mesh is not trained with traced reflections (render_mesh_view)
+            from invrender.distill.reflection import surface_points  # noqa: PLC0415
+
+            points = surface_points(depth, K, viewmat)[mask]
+        raster = _Raster(width, height, mask, alpha, g, depth[mask], view_dirs, points)
         _put(self._rasters, key, raster, _RASTERS)
         self.stats["rasterized"] = True
         return key, raster
@@ -572,7 +579,14 @@ class ViewerContext:
             z = torch.zeros(0, 3)
             sh = Shaded(z, z, z, z, z)
         else:
-            sh = shade(raster.g, light, raster.view_dirs, mips=self.mips)
+            g = raster.g
+            grid = self.run.reflection_grid(light) if raster.points is not None else None
+            if grid is not None:  # as render_prd: traced where the surface covers half the pixel
+                from invrender.distill.reflection import reflection_image  # noqa: PLC0415
+
+                g = dataclasses.replace(g, reflection=reflection_image(
+                    grid, raster.points[:, None], g.normal[:, None], raster.view_dirs[:, None], g.alpha[:, None])[:, 0])
+            sh = shade(g, light, raster.view_dirs, mips=self.mips)
         _put(self._shaded, key, sh, _SHADED)
         self.stats["shaded"] = True
         return sh

@@ -1,0 +1,197 @@
+"""Traced specular inter-reflection: the part of a mirror lobe that meets the scene, not the sky.
+
+The split-sum specular term reads the environment along the reflection direction. On a shiny
+object beside others (the embedded scene's gold sphere mirrors its torus, cube and base) part of
+that direction is blocked by the scene, and what is seen there is the scene's own lit surface.
+An environment map cannot hold it, and the learned albedo darkens to make up for it.
+
+:class:`ReflectionGrid` keeps the Gaussians' optical density on the visibility bake's grid
+(:mod:`invrender.distill.visibility`) and, for one light, the density-weighted outgoing diffuse
+radiance of every voxel: each Gaussian's albedo (1 - metallic) / pi x the light's irradiance
+along its outward density normal x its shadowing under that light
+(:func:`gaussian_radiance`). :func:`trace_reflections` marches one ray per surface point
+along the mirror direction, one voxel per step from a few voxels off the surface, and returns
+the ray's transmittance ``T`` and the radiance it met ``L = sum_k T_k (1 - exp(-sigma_k)) c_k``
+(``c_k``: the voxel's mean colour). :func:`invrender.shading.shade.shade` then uses
+``T x prefiltered environment + L`` in the specular term.
+
+One ray per point stands for the whole lobe: right for mirrors and glossy metals, an
+approximation for rough ones. The traced values carry no gradient; they are refreshed as the
+materials and the light change (the trainer does so every few hundred steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from invrender.distill.visibility import _density_grid, _density_normals, _grid_box, _ray_box_exit
+from invrender.shading.light import EnvironmentLight
+from invrender.shading.shadowing import light_visibility
+
+_BLOCK = 16  # steps marched per block before finished rays are dropped
+_T_CUTOFF = 1e-4  # a ray this opaque has met all it will meet
+_MIN_ALPHA = 0.5  # pixels traced: those the surface covers at least this much
+
+
+@dataclass
+class ReflectionConfig:
+    """Traced specular inter-reflection (:mod:`invrender.distill.reflection`), in stages 3-4 and
+    whenever the run is rendered with its physically based part."""
+
+    enable: bool = True
+    """Trace the mirror direction through the scene; off: the specular term sees only the sky."""
+    grid_resolution: int = 96
+    """Voxels along the longest side of the density and radiance grid."""
+    offset: float = 5.0
+    """Ray start, in voxels off the surface along its normal (so the surface does not block its own
+    reflection). On the embedded scene with the true materials, 2 / 3 / 5 / 7 voxels gave 24.94 /
+    25.31 / 25.39 / 25.23 dB of object-pixel relighting on every fourth test view."""
+    refresh_every: int = 100
+    """Training steps between rebuilds of the grid (geometry, materials and light move)."""
+
+    def __post_init__(self) -> None:
+        if self.grid_resolution < 2:
+            raise ValueError(f"reflection.grid-resolution must be >= 2, got {self.grid_resolution}")
+        if not self.offset >= 0:
+            raise ValueError(f"reflection.offset must be >= 0 voxels, got {self.offset}")
+        if self.refresh_every < 1:
+            raise ValueError(f"reflection.refresh-every must be >= 1, got {self.refresh_every}")
+
+
+@dataclass
+class ReflectionGrid:
+    """Density of the scene on a voxel grid and, once :func:`with_radiance` filled it, the
+    density-weighted linear radiance leaving each voxel under one light."""
+
+    origin: Tensor  # [3] world position of voxel 0's centre
+    voxel: float  # voxel size (world units)
+    dims: tuple[int, int, int]  # (nx, ny, nz)
+    density: Tensor  # [1, 1, nz, ny, nx] extinction per voxel length
+    normals: Tensor  # [N, 3] outward density normals at the Gaussians' centres
+    gaussians: tuple[Tensor, Tensor, Tensor, Tensor]  # means, scales, quats, opacities (detached)
+    radiance: Tensor | None = None  # [1, 3, nz, ny, nx] density x mean linear radiance
+    offset: float = 5.0  # ray start off the surface, voxels (ReflectionConfig.offset)
+
+
+@torch.no_grad()
+def build_reflection_grid(means: Tensor, scales: Tensor, quats: Tensor, opacities: Tensor,
+                          resolution: int = 96, offset: float = 5.0) -> ReflectionGrid:
+    """The density grid of activated Gaussians (``scales`` > 0, ``opacities`` in [0, 1]) over
+    ``resolution`` voxels along the box's longest side, as the visibility bake builds it; rays
+    traced through it start ``offset`` voxels off their surface."""
+    if resolution < 2:
+        raise ValueError(f"reflection grid resolution must be >= 2, got {resolution}")
+    g = tuple(t.detach().float() for t in (means, scales, quats, opacities))
+    origin, voxel, dims = _grid_box(g[0], g[1], g[2], resolution)
+    density = _density_grid(*g, origin, voxel, dims)[None, None]  # [1, 1, nz, ny, nx]
+    nx, ny, nz = dims
+    to_ndc = 2.0 / torch.tensor([max(nx - 1, 1), max(ny - 1, 1), max(nz - 1, 1)], device=density.device).float()
+    normals = _density_normals(density, (g[0] - origin) / voxel, to_ndc)
+    return ReflectionGrid(origin, voxel, dims, density, normals, g, offset=float(offset))
+
+
+@torch.no_grad()
+def gaussian_radiance(albedo: Tensor, metallic: Tensor, normals: Tensor, visibility: Tensor | None,
+                      light: EnvironmentLight) -> Tensor:
+    """Outgoing diffuse radiance ``[N, 3]`` (linear) of each Gaussian under ``light``: the diffuse
+    term of :func:`invrender.shading.shade.shade` along its outward normal, with its shadowing
+    (a transfer record or ambient visibility, :mod:`invrender.shading.shadowing`)."""
+    n = F.normalize(normals, dim=-1)
+    vis = 1.0 if visibility is None else light_visibility(visibility, light)
+    return albedo * (1.0 - metallic) / torch.pi * light.irradiance(n) * vis
+
+
+@torch.no_grad()
+def with_radiance(grid: ReflectionGrid, radiance: Tensor) -> ReflectionGrid:
+    """``grid`` with the Gaussians' outgoing radiance ``[N, 3]`` splatted by their density."""
+    if radiance.shape != (grid.normals.shape[0], 3):
+        raise ValueError(f"radiance must be [N, 3] with N={grid.normals.shape[0]}, got {tuple(radiance.shape)}")
+    carried = _density_grid(*grid.gaussians, grid.origin, grid.voxel, grid.dims, weights=radiance.float())
+    return dataclasses.replace(grid, radiance=carried[None])  # [1, 3, nz, ny, nx]
+
+
+@torch.no_grad()
+def lit_grid(params: dict[str, Tensor], visibility: Tensor | None, light: EnvironmentLight,
+             cfg: ReflectionConfig, albedo_scale: Tensor | None = None,
+             geometry: ReflectionGrid | None = None) -> ReflectionGrid:
+    """The grid of a run's Gaussians (``params`` as stored: logits and log-scales) lit by ``light``,
+    their albedo times ``albedo_scale`` [3] when given; ``geometry`` reuses a density grid."""
+    if geometry is None:
+        geometry = build_reflection_grid(params["means"], torch.exp(params["scales"]), params["quats"],
+                                         torch.sigmoid(params["opacities"]), cfg.grid_resolution, cfg.offset)
+    albedo = torch.sigmoid(params["albedo"])
+    if albedo_scale is not None:
+        albedo = (albedo * albedo_scale.to(albedo.device)).clamp(0, 1)
+    rad = gaussian_radiance(albedo, torch.sigmoid(params["metallic"]), geometry.normals, visibility, light)
+    return with_radiance(geometry, rad)
+
+
+def surface_points(depth: Tensor, K: Tensor, viewmat: Tensor) -> Tensor:
+    """World positions ``[H, W, 3]`` of z-depths ``[H, W, 1]`` seen by a camera (OpenCV axes)."""
+    from invrender.cameras import pixel_rays  # noqa: PLC0415
+
+    R, t = viewmat[:3, :3], viewmat[:3, 3]
+    rays = pixel_rays(K.to(depth.dtype), depth.shape[1], depth.shape[0]) @ R.to(depth.dtype)  # camera z = 1
+    return -(R.T @ t).to(depth.dtype) + depth * rays
+
+
+@torch.no_grad()
+def reflection_image(grid: ReflectionGrid, points: Tensor, normals: Tensor, view_dirs: Tensor,
+                     alpha: Tensor) -> Tensor:
+    """``[H, W, 4]`` for the G-buffer (:attr:`invrender.shading.shade.GBuffer.reflection`): traced
+    where ``alpha`` [H, W, 1] covers at least half the pixel, an open sky (1, 0, 0, 0) elsewhere."""
+    out = torch.zeros(*alpha.shape[:-1], 4, device=alpha.device, dtype=torch.float32)
+    out[..., 0] = 1.0
+    sel = alpha[..., 0] > _MIN_ALPHA
+    if bool(sel.any()):
+        out[sel] = trace_reflections(grid, points[sel], normals[sel], view_dirs[sel]).to(out.device)
+    return out
+
+
+@torch.no_grad()
+def trace_reflections(grid: ReflectionGrid, points: Tensor, normals: Tensor, view_dirs: Tensor,
+                      offset: float | None = None) -> Tensor:
+    """``[R, 4]``: transmittance and collected radiance (linear RGB) of the mirror rays of surface
+    points ``[R, 3]`` with normals ``[R, 3]`` seen along ``view_dirs`` ``[R, 3]`` (camera to point).
+    Rays start ``offset`` voxels (default: the grid's) off the surface along the normal, so the
+    surface they leave does not block them."""
+    offset = grid.offset if offset is None else offset
+    if grid.radiance is None:
+        raise ValueError("the reflection grid has no radiance yet: call with_radiance first")
+    device = grid.density.device
+    pts, n, v = (t.detach().float().to(device) for t in (points, normals, view_dirs))
+    n = F.normalize(n, dim=-1)
+    wo = -F.normalize(v, dim=-1)
+    r = F.normalize(2.0 * (n * wo).sum(-1, keepdim=True) * n - wo, dim=-1)  # [R, 3] mirror direction
+    volume = torch.cat([grid.density, grid.radiance], dim=1)  # [1, 4, nz, ny, nx]
+    nx, ny, nz = grid.dims
+    to_ndc = 2.0 / torch.tensor([max(nx - 1, 1), max(ny - 1, 1), max(nz - 1, 1)], device=device).float()
+    o = (pts - grid.origin) / grid.voxel + offset * n  # [R, 3] voxel coordinates
+    t_end = _ray_box_exit(o, r, torch.full((3,), -1.0, device=device),
+                          torch.tensor([nx, ny, nz], device=device).float())
+    n_steps = t_end.ceil().clamp(min=0).long()  # [R] one-voxel steps, samples at k + 1/2
+    trans = torch.ones(o.shape[0], device=device)
+    met = torch.zeros(o.shape[0], 3, device=device)
+    active = (n_steps > 0).nonzero().squeeze(1)
+    k0 = 0
+    while active.numel() > 0:
+        t = k0 + 0.5 + torch.arange(_BLOCK, device=device, dtype=torch.float32)  # [K]
+        p = o[active, None, :] + t[None, :, None] * r[active, None, :]  # [A, K, 3]
+        s = F.grid_sample(volume, (p * to_ndc - 1.0)[None, :, :, None, :], mode="bilinear", padding_mode="zeros",
+                          align_corners=True)  # [1, 4, A, K, 1]
+        s = s[0, :, :, :, 0].permute(1, 2, 0)  # [A, K, 4]
+        valid = (t[None, :] < n_steps[active, None].float()).float()
+        sigma = s[..., 0].clamp(min=0.0) * valid  # [A, K]
+        colour = s[..., 1:] / s[..., :1].clamp(min=1e-6)  # [A, K, 3] the voxel's mean radiance
+        alpha = 1.0 - torch.exp(-sigma)
+        before = torch.exp(-(torch.cumsum(sigma, dim=1) - sigma))  # [A, K] transmittance to each sample
+        met[active] += trans[active, None] * (before[..., None] * alpha[..., None] * colour).sum(dim=1)
+        trans[active] *= torch.exp(-sigma.sum(dim=1))
+        k0 += _BLOCK
+        active = active[(n_steps[active] > k0) & (trans[active] > _T_CUTOFF)]
+    return torch.cat([trans[:, None], met], dim=-1)
