@@ -232,7 +232,7 @@ def test_stage_switches_do_what_prd_says(embedded_scene, tmp_path):
     m = torch.sigmoid(t.params["metallic"])
     assert torch.allclose(m, torch.full_like(m, d.metallic_init), atol=0.02)
     # traced reflections from stage 3 on, lit by the learned light, recorded in the run's meta
-    assert t.reflections is not None and t.reflections.radiance is not None and t._reflections_step == 15
+    assert t.reflections is not None and t.reflections.radiance is not None and t._reflection_inputs["step"] == 15
     assert t.meta()["reflection"] == dataclasses.asdict(d.reflection)
     for _ in range(3):
         t.train_step()

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from invrender.distill.visibility import _density_grid, _density_normals, _grid_box, _ray_box_exit
+from invrender.distill.visibility import _density_grid, _density_normals, _grid_box, _steps_in_grid, _voxel_to_ndc
 from invrender.shading.light import EnvironmentLight
 from invrender.shading.shadowing import light_visibility
 
@@ -89,9 +89,7 @@ def build_reflection_grid(means: Tensor, scales: Tensor, quats: Tensor, opacitie
     g = tuple(t.detach().float() for t in (means, scales, quats, opacities))
     origin, voxel, dims = _grid_box(g[0], g[1], g[2], resolution)
     density = _density_grid(*g, origin, voxel, dims)[None, None]  # [1, 1, nz, ny, nx]
-    nx, ny, nz = dims
-    to_ndc = 2.0 / torch.tensor([max(nx - 1, 1), max(ny - 1, 1), max(nz - 1, 1)], device=density.device).float()
-    normals = _density_normals(density, (g[0] - origin) / voxel, to_ndc)
+    normals = _density_normals(density, (g[0] - origin) / voxel, _voxel_to_ndc(dims, density.device))
     return ReflectionGrid(origin, voxel, dims, density, normals, g, offset=float(offset))
 
 
@@ -154,13 +152,11 @@ def reflection_image(grid: ReflectionGrid, points: Tensor, normals: Tensor, view
 
 
 @torch.no_grad()
-def trace_reflections(grid: ReflectionGrid, points: Tensor, normals: Tensor, view_dirs: Tensor,
-                      offset: float | None = None) -> Tensor:
+def trace_reflections(grid: ReflectionGrid, points: Tensor, normals: Tensor, view_dirs: Tensor) -> Tensor:
     """``[R, 4]``: transmittance and collected radiance (linear RGB) of the mirror rays of surface
     points ``[R, 3]`` with normals ``[R, 3]`` seen along ``view_dirs`` ``[R, 3]`` (camera to point).
-    Rays start ``offset`` voxels (default: the grid's) off the surface along the normal, so the
-    surface they leave does not block them."""
-    offset = grid.offset if offset is None else offset
+    Rays start ``grid.offset`` voxels off the surface along the normal, so the surface they leave
+    does not block them."""
     if grid.radiance is None:
         raise ValueError("the reflection grid has no radiance yet: call with_radiance first")
     device = grid.density.device
@@ -169,12 +165,9 @@ def trace_reflections(grid: ReflectionGrid, points: Tensor, normals: Tensor, vie
     wo = -F.normalize(v, dim=-1)
     r = F.normalize(2.0 * (n * wo).sum(-1, keepdim=True) * n - wo, dim=-1)  # [R, 3] mirror direction
     volume = torch.cat([grid.density, grid.radiance], dim=1)  # [1, 4, nz, ny, nx]
-    nx, ny, nz = grid.dims
-    to_ndc = 2.0 / torch.tensor([max(nx - 1, 1), max(ny - 1, 1), max(nz - 1, 1)], device=device).float()
-    o = (pts - grid.origin) / grid.voxel + offset * n  # [R, 3] voxel coordinates
-    t_end = _ray_box_exit(o, r, torch.full((3,), -1.0, device=device),
-                          torch.tensor([nx, ny, nz], device=device).float())
-    n_steps = t_end.ceil().clamp(min=0).long()  # [R] one-voxel steps, samples at k + 1/2
+    to_ndc = _voxel_to_ndc(grid.dims, device)
+    o = (pts - grid.origin) / grid.voxel + grid.offset * n  # [R, 3] voxel coordinates
+    n_steps = _steps_in_grid(o, r, grid.dims)  # [R]
     trans = torch.ones(o.shape[0], device=device)
     met = torch.zeros(o.shape[0], 3, device=device)
     active = (n_steps > 0).nonzero().squeeze(1)

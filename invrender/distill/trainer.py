@@ -99,9 +99,7 @@ class PRDTrainer(Trainer):
         self.last_bake_s: float | None = None
         self.mesh_normals: Tensor | None = None  # [V, H, W, 3] target normals (0 where the mesh is absent)
         self.reflections = None  # ReflectionGrid lit by the learned light (stages 3-4), rebuilt now and then
-        self._reflection_inputs: dict | None = None
-        self._reflections_step: int | None = None
-        self.last_reflection_s: float | None = None
+        self._reflection_inputs: dict | None = None  # what it was built from, and the step
         self.prior = None  # StableMaterial guidance, loaded once here when --prior.path is set
         if cfg.prior.enabled:
             from invrender.prior.guidance import MaterialPrior, prior_window  # noqa: PLC0415  (diffusers: only when on)
@@ -227,8 +225,7 @@ class PRDTrainer(Trainer):
         cfg = self.cfg.distill.reflection
         if not self._traces_reflections() or stage not in ("diffuse", "joint"):
             return None
-        if self.reflections is None or self.step - self._reflections_step >= cfg.refresh_every:
-            t0 = time.perf_counter()
+        if self.reflections is None or self.step - self._reflection_inputs["step"] >= cfg.refresh_every:
             # what the grid is built from is kept for the checkpoint: a resumed run rebuilds the
             # same grid instead of one from later parameters (resuming stays bit for bit)
             self._reflection_inputs = {
@@ -237,8 +234,6 @@ class PRDTrainer(Trainer):
                 "light": {k: v.detach().clone() for k, v in self.light.state_dict().items()},
             }
             self.reflections = lit_grid(self.params, self.visibility, self.light, cfg)
-            self._reflections_step = self.step
-            self.last_reflection_s = time.perf_counter() - t0
         return self.reflections
 
     def _restore_reflections(self, saved: dict) -> None:
@@ -247,9 +242,8 @@ class PRDTrainer(Trainer):
         light = EnvironmentLight(self.cfg.distill.light_resolution).to(self.device)
         light.load_state_dict(saved["light"])
         params = {k: v.to(self.device) for k, v in saved["params"].items()}
-        self._reflection_inputs = {"step": saved["step"], "params": params, "light": saved["light"]}
+        self._reflection_inputs = {"step": int(saved["step"]), "params": params, "light": saved["light"]}
         self.reflections = lit_grid(params, self.visibility, light, self.cfg.distill.reflection)
-        self._reflections_step = int(saved["step"])
 
     # ------------------------------------------------------------------ stage switches
     def enter_stage(self, stage: str) -> None:

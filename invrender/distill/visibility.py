@@ -333,10 +333,25 @@ def _density_grid(
         if fine_nodes is None:  # fine voxel centres as (x, y, z) fine voxel coordinates
             zz, yy, xx = torch.meshgrid(*(torch.arange(d, device=device, dtype=torch.float32) for d in (nz, ny, nx)), indexing="ij")
             fine_nodes = torch.stack([xx, yy, zz], dim=-1)  # [nz, ny, nx, 3]
-        to_ndc = 2.0 / torch.tensor([max(d - 1, 1) for d in dims_k], device=device, dtype=torch.float32)
+        to_ndc = _voxel_to_ndc(dims_k, device)
         grid = (fine_nodes / size * to_ndc - 1.0)[None]  # [1, nz, ny, nx, 3]
         density += F.grid_sample(coarse[None], grid, mode="bilinear", align_corners=True)[0]
     return density[0] if weights is None else density
+
+
+def _voxel_to_ndc(dims: tuple[int, int, int], device) -> Tensor:
+    """Scale [3] taking voxel coordinates (x, y, z) to grid_sample's [-1, 1] as ``v * scale - 1``
+    (align_corners: -1 / +1 are the end voxel centres) on a grid of ``dims`` (nx, ny, nz)."""
+    return 2.0 / torch.tensor([max(d - 1, 1) for d in dims], device=device, dtype=torch.float32)
+
+
+def _steps_in_grid(o: Tensor, d: Tensor, dims: tuple[int, int, int], reach: float = math.inf) -> Tensor:
+    """One-voxel steps [R] (samples at k + 1/2) of rays o + t d ([R, 3] voxel coordinates, d unit)
+    until they leave the grid, whose trilinear reads are nonzero up to one voxel past the end
+    centres, or pass ``reach`` voxels."""
+    lo = torch.full((3,), -1.0, device=o.device)
+    hi = torch.tensor(dims, device=o.device, dtype=torch.float32)
+    return _ray_box_exit(o, d, lo, hi).clamp(max=reach).ceil().clamp(min=0).long()
 
 
 def _ray_box_exit(o: Tensor, d: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
@@ -415,9 +430,7 @@ def _trace_hemispheres(
         origin, voxel, dims = _grid_box(means, scales, quats, grid_resolution)
         density = _density_grid(means, scales, quats, opacities, origin, voxel, dims)  # [nz, ny, nx]
         volume = density[None, None]  # [1, 1, nz, ny, nx] for grid_sample
-        nx, ny, nz = dims
-        # voxel coordinates -> grid_sample's [-1, 1] (align_corners: -1/+1 are the end voxel centres)
-        to_ndc = 2.0 / torch.tensor([max(nx - 1, 1), max(ny - 1, 1), max(nz - 1, 1)], device=device).float()
+        to_ndc = _voxel_to_ndc(dims, device)
         if points is not None:  # surface points: no Gaussian of their own to step out of
             q_pts, normals = points.detach().float().to(device), point_normals.detach().float().to(device)
             q_own = torch.zeros(q_pts.shape[0], device=device)
@@ -430,9 +443,6 @@ def _trace_hemispheres(
             nrm_all = normals / normals.norm(dim=-1, keepdim=True).clamp(min=1e-12)
             q_own = ((quat_to_rotmat(quats).transpose(1, 2) @ nrm_all[:, :, None]).squeeze(-1) * scales).norm(dim=-1)
         n = q_pts.shape[0]
-        # trilinear reads are nonzero up to one voxel past the end centres
-        box_lo = torch.full((3,), -1.0, device=device)
-        box_hi = torch.tensor([nx, ny, nz], device=device).float()
         reach = math.inf if max_distance is None else max_distance / voxel  # in voxels
 
         local_dirs = cosine_hemisphere_directions(num_directions, device)  # [D, 3]
@@ -449,8 +459,7 @@ def _trace_hemispheres(
             o = (q_pts[sl] - origin) / voxel + start_vox[:, None] * nrm  # [C, 3] ray origins, voxels
             o = o[:, None].expand_as(dirs).reshape(-1, 3)  # [R, 3]
             d = dirs.reshape(-1, 3)  # [R, 3]; unit, so one voxel of t is one voxel of distance
-            t_end = _ray_box_exit(o, d, box_lo, box_hi).clamp(max=reach)  # [R]
-            n_steps = t_end.ceil().clamp(min=0).long()  # [R] one-voxel steps, samples at k + 1/2
+            n_steps = _steps_in_grid(o, d, dims, reach)  # [R]
             tau = torch.zeros(o.shape[0], device=device)  # [R] optical depth
             active = (n_steps > 0).nonzero().squeeze(1)
             k0 = 0
