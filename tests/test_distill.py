@@ -229,8 +229,12 @@ def test_stage_switches_do_what_prd_says(embedded_scene, tmp_path):
     assert t.params["means"].shape[0] == n  # no densification after stage 1: visibility stays aligned
     assert t.reflections is None  # stage 2 sees only the sky
     t.train_step()  # step 15: diffuse; metallic released from its stage-2 value
-    m = torch.sigmoid(t.params["metallic"])
-    assert torch.allclose(m, torch.full_like(m, d.metallic_init), atol=0.02)
+    from invrender.distill.model import view_dependence
+
+    m = torch.sigmoid(t.params["metallic"].detach())[:, 0]
+    v = view_dependence(t.params["sh0"].detach(), t.params["shN"].detach())
+    want = d.metallic_init + (0.95 - d.metallic_init) * torch.sigmoid((v - d.metallic_vd_threshold) / d.metallic_vd_width)
+    assert d.metallic_from_radiance and torch.allclose(m, want, atol=0.02)
     # traced reflections from stage 3 on, lit by the learned light, recorded in the run's meta
     assert t.reflections is not None and t.reflections.radiance is not None and t._reflection_inputs["step"] == 15
     assert t.meta()["reflection"] == dataclasses.asdict(d.reflection)
@@ -240,6 +244,34 @@ def test_stage_switches_do_what_prd_says(embedded_scene, tmp_path):
     rec = t.train_step()  # step 19: joint
     assert rec["stage"] == "joint" and t.optimizers["progress"].param_groups[0]["lr"] == d.lr_progress_joint
     assert math.isfinite(rec["loss"]) and "light" in rec and "progress" in rec
+
+
+def test_view_dependence_is_the_sh_beyond_dc_against_the_colour():
+    from invrender.distill.model import view_dependence
+    from invrender.splat.sh import C0
+
+    sh0 = torch.tensor([[[0.5, 0.5, 0.5]], [[0.5, 0.5, 0.5]], [[-10.0, -10.0, -10.0]]]) / C0  # colours 1, 1, black
+    shN = torch.zeros(3, 15, 3)
+    shN[1, 0] = 0.3  # one first-degree coefficient of 0.3 in every channel
+    shN[2, 4] = 0.01
+    v = view_dependence(sh0, shN)
+    torch.testing.assert_close(v, torch.tensor([0.0, 0.3, 0.5]))  # a black Gaussian divides by 0.02
+
+
+def test_metallic_can_start_from_the_radiance_view_dependence(embedded_scene, tmp_path):
+    cfg = _cfg(embedded_scene, tmp_path / "r")
+    cfg.distill.metallic_from_radiance = True
+    t = PRDTrainer(cfg)
+    for _ in range(14):
+        t.train_step()
+    with torch.no_grad():  # make half the Gaussians strongly view-dependent, the others not at all
+        n = t.params["means"].shape[0]
+        t.params["shN"].zero_()
+        t.params["shN"][: n // 2, 0] = 1.0
+    t.train_step()  # step 15: diffuse
+    m = torch.sigmoid(t.params["metallic"].detach())[:, 0]
+    assert float(m[: n // 2].min()) > 0.9  # one Adam step away from 0.95
+    assert float(m[n // 2:].max()) < 0.05  # one Adam step away from metallic_init
 
 
 def test_smoothness_terms_are_trained_when_weighted(embedded_scene, tmp_path):

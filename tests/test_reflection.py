@@ -109,7 +109,7 @@ def test_reflection_image_traces_covered_pixels_only():
     params = {"means": w["means"], "scales": torch.log(w["scales"]), "quats": w["quats"],
               "opacities": torch.logit(w["opacities"]), "albedo": torch.logit(torch.full((w["means"].shape[0], 3), 0.6)),
               "metallic": torch.logit(torch.full((w["means"].shape[0], 1), 0.01))}
-    lit = lit_grid(params, None, EnvironmentLight(8, 1.0), ReflectionConfig(grid_resolution=48, offset=1.0))
+    lit = lit_grid(params, None, EnvironmentLight(8, 1.0), ReflectionConfig(grid_resolution=48, offset=1.0, hit_specular=False))
     alpha = torch.tensor([[[1.0], [0.2]]])  # [1, 2, 1]
     pts = torch.zeros(1, 2, 3)
     nrm = torch.tensor([[[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]])
@@ -138,3 +138,32 @@ def test_render_prd_refuses_relighting_without_the_target_grid():
                      make_K(20.0, 20.0, 8.0, 8.0), 16, 16, 0, None, blend="pbr", reflections=grid)
     assert out.gbuffer.reflection is not None and out.gbuffer.reflection.shape == (16, 16, 4)
     assert torch.isfinite(out.final).all() and F.relu(-out.final).max() == 0
+
+
+def test_a_mirror_ray_also_gets_what_the_surface_it_meets_reflects_of_the_sky():
+    from invrender.shading.light import cube_directions
+
+    # a slab, not a sheet: a surface's normal in the grid is its density's outward gradient
+    layers = [_wall(x=1.0 + 0.1 * k) for k in range(6)]
+    w = {key: torch.cat([lw[key] for lw in layers]) for key in layers[0]}
+    grid = build_reflection_grid(w["means"], w["scales"], w["quats"], w["opacities"], resolution=48, offset=1.0)
+    light = EnvironmentLight(16, init_radiance=1.0)
+    behind = cube_directions(16)[..., 0] < -0.5  # the sky on the -x side, where the wall's mirror looks
+    with torch.no_grad():
+        light.log_radiance[behind] = math.log(3.0)
+    n = w["means"].shape[0]
+    pts, normals = torch.zeros(1, 3), torch.tensor([[1.0, 0.0, 0.0]])
+    diffuse = torch.full((n, 3), 0.1)
+    out = {}
+    for name, f0 in (("none", None), ("mirror", 1.0), ("dielectric", 0.04)):
+        lit = (with_radiance(grid, diffuse) if f0 is None else
+               with_radiance(grid, diffuse, torch.full((n, 3), f0), torch.zeros(n, 1), light))
+        out[name] = trace_reflections(lit, pts, normals, -normals)[0]
+    opacity = 1 - out["none"][0]
+    assert opacity > 0.98
+    torch.testing.assert_close(out["none"][1:], torch.full((3,), 0.1) * opacity, atol=0.01, rtol=0.05)
+    # the wall faces -x: a mirror wall sends the bright -x sky back along the ray, a dielectric 4 % of it
+    torch.testing.assert_close(out["mirror"][1:], (0.1 + 3.0) * opacity.expand(3), atol=0.05, rtol=0.05)
+    torch.testing.assert_close(out["dielectric"][1:], (0.1 + 0.04 * 3.0) * opacity.expand(3), atol=0.02, rtol=0.1)
+    with pytest.raises(ValueError, match="needs f0"):
+        with_radiance(grid, diffuse, torch.ones(n, 3), None, light)

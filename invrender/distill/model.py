@@ -63,6 +63,17 @@ def material_params(
     }
 
 
+def view_dependence(sh0: Tensor, shN: Tensor) -> Tensor:
+    """How much each Gaussian's radiance changes with the view ``[N]``: the norm of its SH
+    coefficients of degree >= 1 (``shN`` [N, K, 3]) relative to its view-independent colour (the
+    DC term ``sh0`` [N, 1, 3] in display space, at least 0.02), averaged over the channels. Mirrors
+    and metals, whose whole colour is a reflection, score high; diffuse surfaces low."""
+    from invrender.splat.sh import C0  # noqa: PLC0415
+
+    dc = (sh0[:, 0] * C0 + 0.5).clamp(min=0.02)  # [N, 3]
+    return (shN.norm(dim=1) / dc).mean(-1)
+
+
 def gaussian_normals(params: dict[str, Tensor], cam_center: Tensor) -> Tensor:
     """Unit normal per Gaussian ``[N, 3]``: the rotation axis of its smallest scale, flipped to face
     the camera at ``cam_center`` [3]. Differentiable through the quaternion (the choice of axis is not)."""

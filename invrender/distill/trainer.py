@@ -85,7 +85,7 @@ def metal_albedo_smoothness(albedo: Tensor, metallic: Tensor, mask: Tensor) -> T
     return _neighbour_smoothness(albedo, mask, weight)
 
 
-REFLECTION_INPUTS = ("means", "scales", "quats", "opacities", "albedo", "metallic")  # what the lit grid reads
+REFLECTION_INPUTS = ("means", "scales", "quats", "opacities", "albedo", "roughness", "metallic")  # what the lit grid reads
 
 
 class PRDTrainer(Trainer):
@@ -265,6 +265,12 @@ class PRDTrainer(Trainer):
             with torch.no_grad():
                 p = min(max(d.metallic_init, 1e-4), 1 - 1e-4)
                 self.params["metallic"].fill_(math.log(p / (1 - p)))
+                if d.metallic_from_radiance:
+                    from invrender.distill.model import view_dependence  # noqa: PLC0415
+
+                    v = view_dependence(self.params["sh0"], self.params["shN"])
+                    m = p + (0.95 - p) * torch.sigmoid((v - d.metallic_vd_threshold) / d.metallic_vd_width)
+                    self.params["metallic"].copy_(torch.logit(m)[:, None])
             self.optimizers["metallic"].state.clear()  # fresh moments for the released parameter
             self.bake_visibility()
         elif stage == "joint":
