@@ -202,7 +202,7 @@ def trace_reflections(grid: ReflectionGrid, points: Tensor, normals: Tensor, vie
     n_steps = _steps_in_grid(o, r, grid.dims)  # [R]
     trans = torch.ones(o.shape[0], device=device)
     met = torch.zeros(o.shape[0], 3, device=device)
-    depth = torch.zeros(o.shape[0], device=device)  # opacity-weighted sum of the distances met at
+    depth = torch.zeros(o.shape[0], device=device)  # opacity-weighted sum of the distances (voxels) where the ray stops
     active = (n_steps > 0).nonzero().squeeze(1)
     k0 = 0
     while active.numel() > 0:
