@@ -91,6 +91,10 @@ def test_prefiltered_levels_are_reused_only_while_the_light_is_unchanged():
         light.log_radiance[0] += 1.0
         a = light.prefiltered_levels(mips)
         assert light.prefiltered_levels(mips) is a  # same light: no recomputation
+        # nor for another instance with the same settings; other settings are their own levels
+        assert light.prefiltered_levels(SpecularMips(8, roughness=(0.0, 0.5), divisors=(1, 2))) is a
+        other = light.prefiltered_levels(SpecularMips(8, roughness=(0.0, 0.7), divisors=(1, 2)))
+        assert other is not a and not torch.equal(other[1], a[1])
         light.log_radiance[1] += 1.0  # an in-place change must invalidate it
         b = light.prefiltered_levels(mips)
     assert b is not a and not torch.equal(a[1], b[1])

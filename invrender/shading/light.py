@@ -136,10 +136,11 @@ class EnvironmentLight(nn.Module):
     def prefiltered_levels(self, mips) -> list[Tensor]:
         """``mips.levels(self.cube())``, remembered between calls while nothing can change it (no
         gradient recording, same texels): evaluation and relighting shade many views under one
-        light, and the prefilter products are most of a frame's cost."""
+        light, and the prefilter products are most of a frame's cost. Keyed by the mips' settings,
+        not the instance: the traced reflections' grid and the shading share one computation."""
         if torch.is_grad_enabled() and self.log_radiance.requires_grad:
             return mips.levels(self.cube())
-        key = (id(mips), self.log_radiance.data_ptr(), self.log_radiance._version)
+        key = (mips.key, self.log_radiance.data_ptr(), self.log_radiance._version)
         cached = getattr(self, "_levels_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]

@@ -165,6 +165,11 @@ class SpecularMips:
         self.resolutions = [max(base_resolution // k, min_resolution) for k in divisors]
         self.base_resolution = base_resolution
 
+    @property
+    def key(self) -> tuple:
+        """What the levels depend on besides the cube: two instances with equal keys prefilter alike."""
+        return (self.base_resolution, self.roughness, tuple(self.resolutions))
+
     def levels(self, cube: Tensor) -> list[Tensor]:
         """The prefiltered cubes ``[6, r_i, r_i, C]`` of a base cube ``[6, R, R, C]`` (differentiable)."""
         if cube.shape[1] != self.base_resolution:
