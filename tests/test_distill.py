@@ -258,6 +258,11 @@ def test_view_dependence_is_the_sh_beyond_dc_against_the_colour():
     torch.testing.assert_close(v, torch.tensor([0.0, 0.3, 0.5]))  # a black Gaussian divides by 0.02
 
 
+def test_metallic_start_switch_needs_a_positive_width():
+    with pytest.raises(ValueError, match="metallic-vd-width"):
+        DistillConfig(metallic_vd_width=0.0)
+
+
 def test_metallic_can_start_from_the_radiance_view_dependence(embedded_scene, tmp_path):
     cfg = _cfg(embedded_scene, tmp_path / "r")
     cfg.distill.metallic_from_radiance = True

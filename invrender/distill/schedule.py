@@ -144,6 +144,10 @@ class DistillConfig:
     direction is marched through the Gaussians' density, and what it meets (their diffuse colour
     under the light) replaces the sky it hides (:mod:`invrender.distill.reflection`)."""
 
+    def __post_init__(self) -> None:
+        if not self.metallic_vd_width > 0:
+            raise ValueError(f"distill.metallic-vd-width must be > 0, got {self.metallic_vd_width}")
+
     @property
     def steps(self) -> int:
         return self.specular_steps + self.diffuse_steps + self.joint_steps
