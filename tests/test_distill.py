@@ -10,7 +10,9 @@ import torch
 
 from invrender.distill.model import depth_to_normal, gaussian_normals, material_params, render_prd
 from invrender.distill.schedule import DistillConfig, PRDSchedule, blend_for, progress_override
-from invrender.distill.trainer import PRDTrainer, edge_aware_smoothness, metal_albedo_smoothness, white_light_prior
+from invrender.distill.trainer import (
+    PRDTrainer, edge_aware_smoothness, light_smoothness, metal_albedo_smoothness, white_light_prior,
+)
 from invrender.distill.visibility import AOConfig
 from invrender.shading.shadowing import light_visibility
 from invrender.shading.light import EnvironmentLight
@@ -48,6 +50,19 @@ def test_blend_per_preset_and_stage():
     assert (progress_override("prd"), progress_override("pbr"), progress_override("radiance")) == (None, 1.0, 0.0)
     with pytest.raises(ValueError, match="preset"):
         blend_for("nope", "diffuse")
+
+
+def test_light_smoothness_is_the_mean_log_step_between_neighbours():
+    light = EnvironmentLight(8, 0.7)
+    assert light_smoothness(light).item() == pytest.approx(0.0, abs=1e-7)
+    with torch.no_grad():  # rows alternate by 1 in log radiance: every vertical step is 1, no horizontal one
+        light.log_radiance[:, 1::2] += 1.0
+    assert light_smoothness(light).item() == pytest.approx(0.5, abs=1e-6)
+    with torch.no_grad():  # one bright texel (a sun) costs its four edges, however bright
+        light.log_radiance.zero_()
+        light.log_radiance[0, 3, 3] = 5.0
+    per_axis = 6 * 7 * 8 * 3  # neighbour pairs along one axis
+    assert light_smoothness(light).item() == pytest.approx(0.5 * (2 * 5.0 * 3 / per_axis) * 2, rel=1e-5)
 
 
 def test_white_light_prior_is_zero_for_grey_light():
@@ -277,6 +292,35 @@ def test_metallic_can_start_from_the_radiance_view_dependence(embedded_scene, tm
     m = torch.sigmoid(t.params["metallic"].detach())[:, 0]
     assert float(m[: n // 2].min()) > 0.9  # one Adam step away from 0.95
     assert float(m[n // 2:].max()) < 0.05  # one Adam step away from metallic_init
+
+
+def test_roughness_reset_gives_dielectrics_the_initial_roughness_back(embedded_scene, tmp_path):
+    cfg = _cfg(embedded_scene, tmp_path / "r")
+    cfg.distill.metallic_from_radiance = True
+    cfg.distill.roughness_reset = True
+    t = PRDTrainer(cfg)
+    for _ in range(14):
+        t.train_step()
+    with torch.no_grad():  # half metal-like (view-dependent), half not; stage 2 left both rough
+        n = t.params["means"].shape[0]
+        t.params["shN"].zero_()
+        t.params["shN"][: n // 2, 0] = 1.0
+        t.params["roughness"].fill_(math.log(0.9 / 0.1))
+    t.train_step()  # step 15: diffuse
+    r = torch.sigmoid(t.params["roughness"].detach())[:, 0]
+    assert float((r[: n // 2] - 0.9).abs().max()) < 0.02  # metals keep what stage 2 learned
+    assert float((r[n // 2:] - cfg.distill.roughness_init).abs().max()) < 0.02  # dielectrics start over
+    # off: stage 2's roughness is kept everywhere
+    cfg2 = _cfg(embedded_scene, tmp_path / "r2")
+    cfg2.distill.metallic_from_radiance = True
+    cfg2.distill.roughness_reset = False
+    t2 = PRDTrainer(cfg2)
+    for _ in range(14):
+        t2.train_step()
+    with torch.no_grad():
+        t2.params["roughness"].fill_(math.log(0.9 / 0.1))
+    t2.train_step()
+    assert float((torch.sigmoid(t2.params["roughness"].detach()) - 0.9).abs().max()) < 0.02
 
 
 def test_smoothness_terms_are_trained_when_weighted(embedded_scene, tmp_path):

@@ -34,6 +34,14 @@ def white_light_prior(light: EnvironmentLight) -> Tensor:
     return (cube - cube.mean(dim=-1, keepdim=True)).abs().mean()
 
 
+def light_smoothness(light: EnvironmentLight) -> Tensor:
+    """Mean |difference| of the log radiance between neighbouring texels of each cube face (total
+    variation; face seams left out): a texel that only a few mirror pixels see cannot take on
+    whatever those pixels' errors ask of it. L1 in log space keeps a sun's edge."""
+    lr = light.log_radiance  # [6, R, R, 3]
+    return 0.5 * ((lr[:, 1:] - lr[:, :-1]).abs().mean() + (lr[:, :, 1:] - lr[:, :, :-1]).abs().mean())
+
+
 def depth_normal_loss(normal: Tensor, depth_normal: Tensor, mask: Tensor) -> Tensor:
     """1 - cos between the rendered normal ``[H, W, 3]`` and the one from the depth map, averaged
     over ``mask`` [H, W] (bool) pixels; both sides get gradients (2DGS, Huang et al. 2024, eq. 14)."""
@@ -264,13 +272,19 @@ class PRDTrainer(Trainer):
         elif stage == "diffuse":
             with torch.no_grad():
                 p = min(max(d.metallic_init, 1e-4), 1 - 1e-4)
-                self.params["metallic"].fill_(math.log(p / (1 - p)))
+                # s: how metallic each Gaussian starts, 0 (metallic_init) to 1 (0.95)
+                s = torch.zeros(self.params["metallic"].shape[0], device=self.device)
                 if d.metallic_from_radiance:
                     from invrender.distill.model import view_dependence  # noqa: PLC0415
 
                     v = view_dependence(self.params["sh0"], self.params["shN"])
-                    m = p + (0.95 - p) * torch.sigmoid((v - d.metallic_vd_threshold) / d.metallic_vd_width)
-                    self.params["metallic"].copy_(torch.logit(m)[:, None])
+                    s = torch.sigmoid((v - d.metallic_vd_threshold) / d.metallic_vd_width)
+                self.params["metallic"].copy_(torch.logit(p + (0.95 - p) * s)[:, None])
+                if d.roughness_reset:
+                    r0 = min(max(d.roughness_init, 1e-4), 1 - 1e-4)
+                    r = torch.lerp(torch.full_like(s, r0), torch.sigmoid(self.params["roughness"][:, 0]), s)
+                    self.params["roughness"].copy_(torch.logit(r.clamp(1e-4, 1 - 1e-4))[:, None])
+                    self.optimizers["roughness"].state.clear()  # fresh moments for the restarted values
             self.optimizers["metallic"].state.clear()  # fresh moments for the released parameter
             self.bake_visibility()
         elif stage == "joint":
@@ -404,6 +418,10 @@ class PRDTrainer(Trainer):
                 loss_l = white_light_prior(self.light)
                 loss = loss + d.lambda_light * loss_l
                 terms["light"] = float(loss_l.detach())
+            if d.lambda_light_smooth > 0:
+                loss_ls = light_smoothness(self.light)
+                loss = loss + d.lambda_light_smooth * loss_ls
+                terms["light_smooth"] = float(loss_ls.detach())
         if self.prior is not None and self.prior.applies(step):
             loss_prior = self.prior.gaussian_loss(self.params, self.viewmats[i], self.Ks[i], self.width, self.height,
                                                   self.gt_rgb[i], gt_a, step, view=i, backend=cfg.backend)
