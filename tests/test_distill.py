@@ -278,6 +278,13 @@ def test_metallic_start_switch_needs_a_positive_width():
         DistillConfig(metallic_vd_width=0.0)
 
 
+@pytest.mark.parametrize("name", ["lambda_light_smooth", "lambda_progress", "lambda_mesh_normal"])
+def test_loss_weights_cannot_be_negative(name):
+    with pytest.raises(ValueError, match=name.replace("_", "-")):
+        DistillConfig(**{name: -0.1})
+    assert getattr(DistillConfig(**{name: 0.0}), name) == 0.0  # 0 turns a term off
+
+
 def test_metallic_can_start_from_the_radiance_view_dependence(embedded_scene, tmp_path):
     cfg = _cfg(embedded_scene, tmp_path / "r")
     cfg.distill.metallic_from_radiance = True

@@ -17,7 +17,7 @@ The schedule is a small dataclass over step counts; :meth:`PRDSchedule.stage_at`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from invrender.distill.reflection import ReflectionConfig
@@ -163,6 +163,10 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if not self.metallic_vd_width > 0:
             raise ValueError(f"distill.metallic-vd-width must be > 0, got {self.metallic_vd_width}")
+        for f in fields(self):  # a negative weight would reward what its term penalizes
+            if f.name.startswith("lambda_") and not getattr(self, f.name) >= 0:
+                name = f.name.replace("_", "-")
+                raise ValueError(f"distill.{name} must be >= 0 (0 turns the term off), got {getattr(self, f.name)}")
 
     @property
     def steps(self) -> int:
