@@ -285,48 +285,50 @@ def test_loss_weights_cannot_be_negative(name):
     assert getattr(DistillConfig(**{name: 0.0}), name) == 0.0  # 0 turns a term off
 
 
-def test_metallic_can_start_from_the_radiance_view_dependence(embedded_scene, tmp_path):
-    cfg = _cfg(embedded_scene, tmp_path / "r")
-    cfg.distill.metallic_from_radiance = True
+def _through_the_stage3_switch(data, out, edit, **distill):
+    """A trainer one step into stage 3 (step 15), ``edit(trainer)`` applied just before the switch."""
+    cfg = _cfg(data, out)
+    for k, v in distill.items():
+        setattr(cfg.distill, k, v)
     t = PRDTrainer(cfg)
     for _ in range(14):
         t.train_step()
-    with torch.no_grad():  # make half the Gaussians strongly view-dependent, the others not at all
-        n = t.params["means"].shape[0]
-        t.params["shN"].zero_()
-        t.params["shN"][: n // 2, 0] = 1.0
+    with torch.no_grad():
+        edit(t)
     t.train_step()  # step 15: diffuse
+    return t
+
+
+def _half_view_dependent(t, roughness=None):
+    """The first half of the Gaussians strongly view-dependent, the others not at all; with
+    ``roughness``, every one left that rough by stage 2."""
+    n = t.params["means"].shape[0]
+    t.params["shN"].zero_()
+    t.params["shN"][: n // 2, 0] = 1.0
+    if roughness is not None:
+        t.params["roughness"].fill_(math.log(roughness / (1 - roughness)))
+
+
+def test_metallic_can_start_from_the_radiance_view_dependence(embedded_scene, tmp_path):
+    t = _through_the_stage3_switch(embedded_scene, tmp_path / "r", _half_view_dependent, metallic_from_radiance=True)
+    n = t.params["means"].shape[0]
     m = torch.sigmoid(t.params["metallic"].detach())[:, 0]
     assert float(m[: n // 2].min()) > 0.9  # one Adam step away from 0.95
     assert float(m[n // 2:].max()) < 0.05  # one Adam step away from metallic_init
 
 
 def test_roughness_reset_gives_dielectrics_the_initial_roughness_back(embedded_scene, tmp_path):
-    cfg = _cfg(embedded_scene, tmp_path / "r")
-    cfg.distill.metallic_from_radiance = True
-    cfg.distill.roughness_reset = True
-    t = PRDTrainer(cfg)
-    for _ in range(14):
-        t.train_step()
-    with torch.no_grad():  # half metal-like (view-dependent), half not; stage 2 left both rough
-        n = t.params["means"].shape[0]
-        t.params["shN"].zero_()
-        t.params["shN"][: n // 2, 0] = 1.0
-        t.params["roughness"].fill_(math.log(0.9 / 0.1))
-    t.train_step()  # step 15: diffuse
+    # half metal-like (view-dependent), half not; stage 2 left both rough
+    t = _through_the_stage3_switch(embedded_scene, tmp_path / "r", lambda t: _half_view_dependent(t, 0.9),
+                                   metallic_from_radiance=True, roughness_reset=True)
+    n = t.params["means"].shape[0]
     r = torch.sigmoid(t.params["roughness"].detach())[:, 0]
     assert float((r[: n // 2] - 0.9).abs().max()) < 0.02  # metals keep what stage 2 learned
-    assert float((r[n // 2:] - cfg.distill.roughness_init).abs().max()) < 0.02  # dielectrics start over
+    assert float((r[n // 2:] - t.cfg.distill.roughness_init).abs().max()) < 0.02  # dielectrics start over
     # off: stage 2's roughness is kept everywhere
-    cfg2 = _cfg(embedded_scene, tmp_path / "r2")
-    cfg2.distill.metallic_from_radiance = True
-    cfg2.distill.roughness_reset = False
-    t2 = PRDTrainer(cfg2)
-    for _ in range(14):
-        t2.train_step()
-    with torch.no_grad():
-        t2.params["roughness"].fill_(math.log(0.9 / 0.1))
-    t2.train_step()
+    rough = lambda t: t.params["roughness"].fill_(math.log(0.9 / 0.1))  # noqa: E731
+    t2 = _through_the_stage3_switch(embedded_scene, tmp_path / "r2", rough, metallic_from_radiance=True,
+                                    roughness_reset=False)
     assert float((torch.sigmoid(t2.params["roughness"].detach()) - 0.9).abs().max()) < 0.02
 
 
