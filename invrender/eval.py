@@ -56,6 +56,7 @@ from invrender.color import linear_to_srgb
 from invrender.distill.model import MATERIAL_NAMES, PRDRender, material_params, render_prd
 from invrender.metrics import LPIPSUnavailable, load_lpips, lpips_score, psnr, ssim
 from invrender.shading.light import EnvironmentLight
+from invrender.shading.shadowing import DirectionalShadows
 from invrender.splat.gaussians import num_gaussians
 from invrender.mesh.textured import TexturedMesh
 from invrender.train import background_color, resolve_background
@@ -82,6 +83,8 @@ class LoadedRun:
     visibility: Tensor | None = None  # [N, 1] ambient or [N, 2K+1] shadowing record (None before stage 2)
     blend: str = "radiance"
     """How the run renders (:data:`invrender.distill.model.BLEND_MODES`)."""
+    shadows: DirectionalShadows | None = None
+    """The sharp shadows it was trained with (:class:`invrender.shading.shadowing.DirectionalShadows`)."""
     mesh: TexturedMesh | None = None
     """The mesh stage's textured mesh when loaded with ``geometry="mesh"``: the run then renders it."""
     _prd_params: dict[str, Tensor] | None = field(default=None, repr=False)
@@ -105,6 +108,7 @@ class LoadedRun:
             if lt is light and k == key:
                 return grid
         geometry = self._reflection_grids[0][2] if self._reflection_grids else None
+        cfg = {"bounce_directions": 0, **cfg}  # runs from before the traced bounce were trained with the grey fill
         grid = lit_grid(self.params, self.visibility, light, ReflectionConfig(**cfg), albedo_scale, geometry)
         self._reflection_grids = [(light, key, grid), *self._reflection_grids][:REFLECTION_GRIDS_KEPT]
         return grid
@@ -159,7 +163,11 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu", geometry: str = 
                 f"checkpoint {ckpt}: visibility has {vis.shape[0]} entries for {num_gaussians(params)} Gaussians"
             )
     meta = sd["meta"]
-    run = LoadedRun(run_dir, int(sd["step"]), params, meta, light, vis, meta.get("blend", "radiance"))
+    shadows = DirectionalShadows(**sd["shadows"]).to(device) if "shadows" in sd else None
+    if shadows is not None and shadows.transmittance.shape[0] != num_gaussians(params):
+        raise ValueError(f"checkpoint {ckpt}: directional shadows have {shadows.transmittance.shape[0]} entries "
+                         f"for {num_gaussians(params)} Gaussians")
+    run = LoadedRun(run_dir, int(sd["step"]), params, meta, light, vis, meta.get("blend", "radiance"), shadows=shadows)
     if run.blend != "radiance" and not (run.has_materials and light is not None):
         raise ValueError(f"checkpoint {ckpt}: blend '{run.blend}' but the materials or the light are missing")
     if geometry == "mesh":
@@ -269,7 +277,7 @@ def render_run_view(
         run.meta["sh_degree"], None, blend=blend, visibility=run.visibility, mips=mips,
         tonemapping=run.tonemapping, albedo_scale=albedo_scale, material_override=override or None,
         target_light=target, backend=backend, visibility_per_pixel=visibility_per_pixel,
-        reflections=refl, target_reflections=refl_target,
+        reflections=refl, target_reflections=refl_target, shadows=run.shadows,
     )
 
 

@@ -8,9 +8,10 @@ coverage and visibility kept). Scores are ``invrender eval``'s object-pixel reli
 split into metal and dielectric pixels (true metallic > 0.5), with the mean brightness against the
 reference and the normal error per class. A row that gains much over "learned" names the channel
 to work on; "everything true" is the ceiling of the shading model on this geometry (compare
-``scripts/relight_ceiling.py``, which also replaces the geometry and has no visibility). A run
-trained with traced reflections has them traced here too, along each row's normals, through its
-Gaussians lit by each map.
+``scripts/relight_ceiling.py``, which also replaces the geometry and has no visibility). Each map
+is rendered natively, so the diffuse visibility is the one the evaluation relights with (sharp
+shadows and the traced bounce when the run has them). A run trained with traced reflections has
+them traced here too, along each row's normals, through its Gaussians lit by each map.
 
 The PRD blend's radiance part is left out (blend ``pbr``): relit, it only rescales the same
 physically based colour, so the learned row is within a few hundredths of a dB of
@@ -77,30 +78,34 @@ def main() -> None:
     normal_err = {"dielectric": [], "metal": []}
     with torch.no_grad():
         # the evaluation's albedo scale, from the same views
-        # (a shadowing transfer record stays per pixel, so each map is shaded with its own shadows)
-        first = [render_run_view(run, views, i, blend="pbr", mips=mips, visibility_per_pixel=True) for i in idx]
+        first = [render_run_view(run, views, i, blend="radiance") for i in idx]
         objs = [gt[f"rgba_{envs[0]}"][i][..., 3] > 0.5 for i in idx]
         pred = torch.cat([o.gbuffer.albedo[m] for o, m in zip(first, objs)])
         ref = torch.cat([gt["albedo"][i][m] for i, m in zip(idx, objs)])
         scale = albedo_alignment_scale(pred, ref)
-        for k, i in enumerate(idx):
-            g0 = dataclasses.replace(first[k].gbuffer, albedo=(first[k].gbuffer.albedo * scale).clamp(0, 1))
-            obj = objs[k]
-            metal = gt["metallic"][i][..., 0] > 0.5
-            classes = {"all": obj, "dielectric": obj & ~metal, "metal": obj & metal}
-            cos = (F.normalize(g0.normal, dim=-1) * F.normalize(gt["normal"][i], dim=-1)).sum(-1).clamp(-1, 1)
-            ang = torch.rad2deg(torch.acos(cos))
-            for c in ("dielectric", "metal"):
-                if int(classes[c].sum()) > 20:
-                    normal_err[c].append(float(ang[classes[c]].mean()))
-            d = pixel_rays(views.Ks[i], views.width, views.height) @ views.viewmats[i][:3, :3]
-            points = surface_points(first[k].depth, views.Ks[i], views.viewmats[i])
-            for row, swap in ROWS.items():
-                g = dataclasses.replace(g0, **{ch: gt[ch][i] for ch in swap})
-                for env in envs:
-                    rgba = gt[f"rgba_{env}"][i]
-                    ga = rgba[..., 3:]
-                    grid = run.reflection_grid(lights[env], scale)  # a run trained with traced reflections
+        learned = run.light
+        for env in envs:
+            # the run rendered natively under the map, so that its G-buffer's diffuse visibility is
+            # that map's (sharp shadows, traced bounce, as the evaluation relights)
+            run.light = lights[env]
+            grid = run.reflection_grid(lights[env], scale)  # a run trained with traced reflections
+            for k, i in enumerate(idx):
+                o = render_run_view(run, views, i, blend="pbr", mips=mips, albedo_scale=scale)
+                g0, obj = o.gbuffer, objs[k]
+                metal = gt["metallic"][i][..., 0] > 0.5
+                classes = {"all": obj, "dielectric": obj & ~metal, "metal": obj & metal}
+                if env == envs[0]:
+                    cos = (F.normalize(g0.normal, dim=-1) * F.normalize(gt["normal"][i], dim=-1)).sum(-1).clamp(-1, 1)
+                    ang = torch.rad2deg(torch.acos(cos))
+                    for c in ("dielectric", "metal"):
+                        if int(classes[c].sum()) > 20:
+                            normal_err[c].append(float(ang[classes[c]].mean()))
+                d = pixel_rays(views.Ks[i], views.width, views.height) @ views.viewmats[i][:3, :3]
+                points = surface_points(o.depth, views.Ks[i], views.viewmats[i])
+                rgba = gt[f"rgba_{env}"][i]
+                ga = rgba[..., 3:]
+                for row, swap in ROWS.items():
+                    g = dataclasses.replace(g0, **{ch: gt[ch][i] for ch in swap})
                     if grid is not None:  # the mirror rays of this row's normals, lit by this map
                         g = dataclasses.replace(g, reflection=reflection_image(grid, points, g.normal, d, g.alpha))
                     sh = shade(g, lights[env], d, mips=mips)
@@ -110,6 +115,7 @@ def main() -> None:
                         if int(sel.sum()) > 20:
                             scores[row][c].append(psnr(out, want, sel))
                     scores[row]["brightness"].append(float(sh.pbr_linear[obj].mean() / rgba[..., :3][obj].mean()))
+        run.light = learned
 
     def mean(v):
         return sum(v) / len(v) if v else float("nan")

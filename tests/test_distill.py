@@ -13,6 +13,7 @@ from invrender.distill.schedule import DistillConfig, PRDSchedule, blend_for, pr
 from invrender.distill.trainer import (
     PRDTrainer, edge_aware_smoothness, light_smoothness, metal_albedo_smoothness, white_light_prior,
 )
+from invrender.distill.reflection import ReflectionConfig
 from invrender.distill.visibility import AOConfig
 from invrender.shading.shadowing import light_visibility
 from invrender.shading.light import EnvironmentLight
@@ -233,6 +234,7 @@ def test_stage_switches_do_what_prd_says(embedded_scene, tmp_path):
     assert t.visibility is not None and t.visibility.shape == (n, 2 * k + 1)
     ao = t.visibility[:, 0] / t.visibility[:, k]
     torch.testing.assert_close(t.visibility[:, -1], d.ao.indirect * (1 - ao))  # the bounce fill is part of the bake
+    assert t.shadows is None  # the sharp shadows are first read in stage 3 (stage 2 has no diffuse term)
     under_light = light_visibility(t.visibility, t.light)
     assert under_light.shape == (n, 1)
     assert 0 <= float(under_light.detach().min()) and float(under_light.detach().max()) <= 1
@@ -252,6 +254,11 @@ def test_stage_switches_do_what_prd_says(embedded_scene, tmp_path):
     assert d.metallic_from_radiance and torch.allclose(m, want, atol=0.02)
     # traced reflections from stage 3 on, lit by the learned light, recorded in the run's meta
     assert t.reflections is not None and t.reflections.radiance is not None and t._reflection_inputs["step"] == 15
+    # ...the sharp shadows that read the record per light (uint8 transmittance towards fixed directions)
+    assert t.shadows is not None and t.shadows.transmittance.shape == (n, d.ao.shadow_directions)
+    # ...with the light the scene sends onto itself, gathered per Gaussian in place of the grey fill
+    assert t.reflections.bounce is not None and t.reflections.bounce.shape == (n, 3)
+    assert t._reflection_inputs["bounce_step"] == 15 and bool(torch.isfinite(t.reflections.bounce).all())
     assert t.meta()["reflection"] == dataclasses.asdict(d.reflection)
     for _ in range(3):
         t.train_step()
@@ -354,23 +361,33 @@ def test_pbr_preset_holds_progress_at_one(embedded_scene, tmp_path):
 
 
 def test_resume_across_stages_is_bit_for_bit(embedded_scene, tmp_path):
-    straight = PRDTrainer(_cfg(embedded_scene, tmp_path / "a", background="random"))
-    straight.train()
-    assert straight.step == 22
+    def cfg(out, **kw):
+        c = _cfg(embedded_scene, out, background="random", **kw)
+        # reflections rebuilt at steps 15, 17, 19, 21; the bounce gathered at 15 and 21 only, so the
+        # checkpoint of step 17 holds a grid whose bounce is older than it
+        c.distill.reflection = ReflectionConfig(refresh_every=2, bounce_refresh_every=5)
+        return c
 
-    half = PRDTrainer(_cfg(embedded_scene, tmp_path / "b", background="random"))
+    straight = PRDTrainer(cfg(tmp_path / "a"))
+    straight.train()
+    assert straight.step == 22 and straight._reflection_inputs["bounce_step"] == 21
+
+    half = PRDTrainer(cfg(tmp_path / "b"))
     for _ in range(17):  # into the diffuse stage
         half.train_step()
+    assert half._reflection_inputs["step"] == 17 and half._reflection_inputs["bounce_step"] == 15
     half.save_checkpoint()
     del half
     torch.manual_seed(4321)
-    resumed = PRDTrainer(_cfg(embedded_scene, tmp_path / "b", background="random", resume=True))
+    resumed = PRDTrainer(cfg(tmp_path / "b", resume=True))
     resumed.train()
     assert resumed.step == 22
     for k in straight.params:
         assert torch.equal(straight.params[k], resumed.params[k]), k
     assert torch.equal(straight.light.log_radiance, resumed.light.log_radiance)
     assert torch.equal(straight.visibility, resumed.visibility)
+    assert torch.equal(straight.reflections.bounce, resumed.reflections.bounce)
+    assert torch.equal(straight.shadows.transmittance, resumed.shadows.transmittance)
     sa = straight.optimizers["progress"].state[straight.params["progress"]]["exp_avg"]
     sb = resumed.optimizers["progress"].state[resumed.params["progress"]]["exp_avg"]
     assert torch.equal(sa, sb)

@@ -167,3 +167,62 @@ def test_a_mirror_ray_also_gets_what_the_surface_it_meets_reflects_of_the_sky():
     torch.testing.assert_close(out["dielectric"][1:], (0.1 + 0.04 * 3.0) * opacity.expand(3), atol=0.02, rtol=0.1)
     with pytest.raises(ValueError, match="needs f0"):
         with_radiance(grid, diffuse, torch.ones(n, 3), None, light)
+
+
+def _view_factor_to_square(a: float, h: float) -> float:
+    """Cosine-weighted share of the hemisphere that a centred, parallel square of half-side ``a`` at
+    height ``h`` covers, seen from a point facing it (differential area to rectangle, closed form)."""
+    s = a / h
+    q = math.sqrt(1 + s * s)
+    return 4 * (2 * (s / q) * math.atan(s / q)) / (2 * math.pi)
+
+
+def test_bounce_is_the_lit_wall_seen_over_the_hemisphere():
+    from invrender.distill.reflection import BOUNCE_OFFSET, gather_bounce
+
+    receiver, emitter = _wall(x=0.0, n_side=25), _wall(x=0.25, n_side=25)
+    w = {k: torch.cat([receiver[k], emitter[k]]) for k in receiver}
+    grid = build_reflection_grid(w["means"], w["scales"], w["quats"], w["opacities"], resolution=64)
+    n_rx = receiver["means"].shape[0]
+    n = w["means"].shape[0]
+    normals = torch.zeros(n, 3)
+    normals[:n_rx, 0] = 1.0  # the receiving wall faces the emitter...
+    normals[n_rx:, 0] = -1.0  # ...which faces back
+    centre = 12 * 25 + 12  # the middle Gaussian of the receiving wall
+    normals[centre + 1, 0] = -1.0  # its neighbour is turned away, towards the open side
+    colour = torch.tensor([0.2, 0.5, 0.8])
+    radiance = torch.zeros(n, 3)
+    radiance[n_rx:] = colour  # only the emitting wall is lit
+    lit = with_radiance(dataclasses.replace(grid, normals=normals), radiance)
+    bounce = gather_bounce(lit, num_directions=64)
+    assert bounce.shape == (n, 3) and bool(torch.isfinite(bounce).all()) and float(bounce.min()) >= 0
+    # rays leave the centre BOUNCE_OFFSET voxels + 2 sigma off its sheet and stop about where the
+    # emitter's density starts (it is spread over +-1.5 voxels by the trilinear deposit)
+    h = 0.25 - BOUNCE_OFFSET * grid.voxel - 2 * 0.01 - 1.0 * grid.voxel
+    want = math.pi * colour * _view_factor_to_square(0.6, h)
+    torch.testing.assert_close(bounce[centre], want, rtol=0.05, atol=0.0)
+    assert float(bounce[centre + 1].max()) < 0.02  # facing the open side: nothing sends it light
+    with pytest.raises(ValueError, match="no radiance yet"):
+        gather_bounce(grid)
+    with pytest.raises(ValueError, match="bounce-directions"):
+        ReflectionConfig(bounce_directions=-1)
+    with pytest.raises(ValueError, match="bounce-refresh-every"):
+        ReflectionConfig(bounce_refresh_every=0)
+
+
+def test_lit_grid_gathers_the_bounce_only_with_a_transfer_record():
+    from invrender.distill.visibility import transfer_visibility
+
+    w = _wall(n_side=6)
+    n = w["means"].shape[0]
+    params = {"means": w["means"], "scales": torch.log(w["scales"]), "quats": w["quats"],
+              "opacities": torch.logit(w["opacities"]), "albedo": torch.zeros(n, 3), "roughness": torch.zeros(n, 1),
+              "metallic": torch.full((n, 1), -5.0)}
+    light = EnvironmentLight(8, init_radiance=1.0)
+    k = 4
+    record = transfer_visibility(torch.cat([torch.full((n, k), 0.3), torch.full((n, k), 0.6)], 1), 0.5)
+    cfg = ReflectionConfig(grid_resolution=16, bounce_directions=4)
+    assert lit_grid(params, record, light, cfg).bounce.shape == (n, 3)
+    assert lit_grid(params, record, light, cfg, bounce=False).bounce is None
+    assert lit_grid(params, torch.full((n, 1), 0.7), light, cfg).bounce is None  # ambient: the grey fill stays
+    assert lit_grid(params, record, light, ReflectionConfig(grid_resolution=16, bounce_directions=0)).bounce is None

@@ -70,7 +70,7 @@ def test_eval_without_relighting_and_for_a_run_without_materials(tiny_prd_run, t
     sd = torch.load(ckpt, weights_only=False)
     for k in ("albedo", "roughness", "metallic", "progress"):
         del sd["params"][k]
-    for k in ("light", "light_opt", "visibility"):
+    for k in ("light", "light_opt", "visibility", "shadows"):
         del sd[k]
     sd["meta"] = {k: v for k, v in sd["meta"].items() if k not in ("blend", "stage")}
     (tmp_path / "stage1" / "checkpoints").mkdir(parents=True)
@@ -111,6 +111,14 @@ def test_relit_shadows_are_the_new_lights_own(tiny_prd_run, embedded_scene):
     assert float((direct.gbuffer.visibility - learned.gbuffer.visibility)[obj].abs().max()) > 1e-3
     # per pixel the ratio of blended records, per Gaussian the blend of ratios: close, not equal
     assert float((per_pixel.final - direct.final)[obj].abs().mean()) < 0.02
+    # the sharp shadows the run was trained with: read for the new light too, and not the SH share
+    assert run.shadows is not None and run.shadows.transmittance.shape[0] == run.visibility.shape[0]
+    with torch.no_grad():
+        relit_s = render_prd(params, run.light, *rest, blend="pbr", visibility=run.visibility, target_light=sunset,
+                             shadows=run.shadows)
+        direct_s = render_prd(params, sunset, *rest, blend="pbr", visibility=run.visibility, shadows=run.shadows)
+    torch.testing.assert_close(relit_s.final, direct_s.final, atol=1e-5, rtol=0)
+    assert float((direct_s.gbuffer.visibility - direct.gbuffer.visibility)[obj].abs().max()) > 1e-3
 
 
 def test_albedo_alignment_recovers_a_per_channel_scale():

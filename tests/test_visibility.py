@@ -11,10 +11,13 @@ import torch
 from torch import Tensor
 
 from invrender.distill.visibility import (
-    AOConfig, bake_ambient_occlusion, bake_visibility_transfer, diffuse_visibility, transfer_visibility,
+    AOConfig, bake_ambient_occlusion, bake_directional_shadows, bake_visibility_transfer, diffuse_visibility,
+    transfer_visibility,
 )
 from invrender.shading.light import EnvironmentLight, cube_directions
-from invrender.shading.shadowing import ambient_visibility, light_visibility
+from invrender.shading.shadowing import (
+    DirectionalShadows, ambient_visibility, cell_radiance, light_visibility, sphere_directions,
+)
 from invrender.splat.sh import sh_basis
 
 SPACING = 0.05  # centre spacing of the surfels that tile every sheet
@@ -196,7 +199,7 @@ def test_bad_knobs_raise():
 def test_config_matches_function_defaults():
     params = inspect.signature(bake_ambient_occlusion).parameters
     kwargs = AOConfig().bake_kwargs()
-    assert set(kwargs) == {f.name for f in dataclasses.fields(AOConfig)} - {"indirect", "shadow_sh_degree"}
+    assert set(kwargs) == {f.name for f in dataclasses.fields(AOConfig)} - {"indirect", "shadow_sh_degree", "shadow_directions"}
     transfer_params = inspect.signature(bake_visibility_transfer).parameters
     for name, default in kwargs.items():
         assert params[name].default == default, name
@@ -356,3 +359,78 @@ def test_transfer_at_surface_points_and_its_ambient_part():
     torch.testing.assert_close(ambient_visibility(amb.expand(4, 3)), amb)
     with pytest.raises(ValueError, match="transfer record"):
         ambient_visibility(torch.zeros(4, 5))
+
+
+# ---------------------------------------------------------------------------------------------
+# sharp shadows (bake_directional_shadows + shading.shadowing.DirectionalShadows)
+
+
+def test_sphere_directions_are_unit_and_spread_evenly():
+    d = sphere_directions(256)
+    torch.testing.assert_close(d.norm(dim=1), torch.ones(256))
+    assert float(d.mean(0).norm()) < 0.01  # no side favoured
+    # equal areas: as many directions in each of four equal-area z bands
+    counts = torch.histc(d[:, 2], bins=4, min=-1.0, max=1.0)
+    assert int(counts.min()) >= 63 and int(counts.max()) <= 65
+
+
+def test_a_sun_cell_holds_the_sun_and_a_uniform_sky_is_uniform():
+    uniform = EnvironmentLight(16, init_radiance=0.7)
+    torch.testing.assert_close(cell_radiance(uniform, 64), torch.full((64,), 0.7), atol=1e-5, rtol=0)
+    sun = _sun_light((0.3, 0.2, 0.9), resolution=32)
+    cells = cell_radiance(sun, 256)
+    dirs = sphere_directions(256)
+    s = torch.nn.functional.normalize(torch.tensor([0.3, 0.2, 0.9]), dim=0)
+    assert int(cells.argmax()) == int((dirs @ s).argmax())  # the brightest cell is the sun's
+
+
+def _narrow_sun(direction, resolution: int = 32) -> EnvironmentLight:
+    """A sky of radiance 0.05 with a ~4 degree sun around ``direction``."""
+    light = EnvironmentLight(resolution)
+    d = cube_directions(resolution)
+    s = torch.nn.functional.normalize(torch.tensor(direction), dim=0)
+    with torch.no_grad():
+        light.log_radiance.copy_(torch.log(0.05 + 200.0 * (d @ s).clamp(min=0) ** 400)[..., None].expand(-1, -1, -1, 3))
+    return light
+
+
+def test_sharp_shadows_hide_the_sun_as_the_closed_form_says():
+    from invrender.shading.light import cube_texel_solid_angles
+
+    scene, probe = _floor_and_wall()
+    transmittance, normals = bake_directional_shadows(
+        scene["means"], scene["scales"], scene["quats"], scene["opacities"], scene["normals"],
+        num_directions=256, grid_resolution=RES)
+    assert transmittance.dtype == torch.uint8 and transmittance.shape == (scene["means"].shape[0], 256)
+    behind_probe = (normals[probe] @ sphere_directions(256).T) <= 0
+    assert int(transmittance[probe][behind_probe].max()) == 0  # directions behind the surface carry nothing
+    shadows = DirectionalShadows(transmittance, normals)
+    rec = transfer_visibility(bake_visibility_transfer(**scene, sh_degree=3, grid_resolution=RES), 0.0)
+    ao = float(rec[probe, 0] / rec[probe, 16])
+    cos = (cube_directions(32) @ torch.tensor([0.0, 0.0, 1.0])).clamp(min=0)
+    w = cube_texel_solid_angles(32, dtype=torch.float32)
+    with torch.no_grad():
+        # suns behind the wall (elevations 31 and 56 degrees; its top is at 79): the probe keeps only
+        # the sky it sees, 0.05 pi AO, out of the light's whole irradiance (a texel sum)
+        sh_errors = []
+        for direction in ((1.0, 0.0, 0.6), (1.0, 0.0, 1.5)):
+            light = _narrow_sun(direction)
+            want = 0.05 * math.pi * ao / float((light.cube()[..., 0] * cos * w).sum())
+            assert abs(float(shadows.share(light)[probe]) - want) < 0.01
+            sh_errors.append(abs(float(light_visibility(rec, light)[probe]) - want))
+        # the SH of degree 3 rings (a share below 0 is clamped) or leaks the hidden sun
+        assert max(sh_errors) > 0.03
+        seen = _narrow_sun((-1.0, 0.0, 0.6))
+        assert float(shadows.share(seen)[probe]) > 0.9
+        # under a uniform sky the share is the ambient occlusion of the same scene
+        assert abs(float(shadows.share(EnvironmentLight(16, init_radiance=0.7))[probe]) - ao) < 0.05
+        # the record's fill is added on top of the sharp share, as on top of its own
+        hidden = _narrow_sun((1.0, 0.0, 0.6))
+        filled = light_visibility(transfer_visibility(rec[:, :32], 0.5), hidden, shadows)[probe]
+        torch.testing.assert_close(filled, shadows.share(hidden)[probe] + 0.5 * (1 - ao), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="directional shadows for"):
+        light_visibility(rec[:5], hidden, shadows)
+    with pytest.raises(ValueError, match="normals"):
+        DirectionalShadows(transmittance, normals[:3])
+    with pytest.raises(ValueError, match="shadow-directions"):
+        AOConfig(shadow_directions=-1)

@@ -30,7 +30,7 @@ from invrender.distill.reflection import ReflectionGrid, reflection_image, surfa
 from invrender.shading.light import EnvironmentLight
 from invrender.shading.prefilter import SpecularMips
 from invrender.shading.shade import MAX_RESIDUAL, GBuffer, progress_blend, shade
-from invrender.shading.shadowing import is_transfer_record, light_visibility
+from invrender.shading.shadowing import DirectionalShadows, bounce_visibility, is_transfer_record, light_visibility
 from invrender.shading.tonemap import tonemap
 from invrender.splat.composite import composite
 from invrender.splat.gaussians import project_with_colors
@@ -134,6 +134,7 @@ def render_prd(
     visibility_per_pixel: bool = False,
     reflections: ReflectionGrid | None = None,
     target_reflections: ReflectionGrid | None = None,
+    shadows: DirectionalShadows | None = None,
 ) -> PRDRender:
     """Deferred PRD rendering of one view (see the module docstring).
 
@@ -155,7 +156,11 @@ def render_prd(
 
     ``reflections``: the scene lit by ``light`` (:mod:`invrender.distill.reflection`); the mirror
     ray of every covered pixel is traced through it, and its specular term sees what the ray met
-    where the scene hides the sky (``target_reflections``: the same lit by ``target_light``)."""
+    where the scene hides the sky (``target_reflections``: the same lit by ``target_light``).
+
+    ``shadows`` (:class:`invrender.shading.shadowing.DirectionalShadows`, per Gaussian): sharp
+    shadows in place of the transfer record's SH share, for both lights (not with
+    ``visibility_per_pixel``, which keeps the record)."""
     if blend not in BLEND_MODES:
         raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
     if reflections is not None and target_light is not None and target_reflections is None:
@@ -176,10 +181,10 @@ def render_prd(
         vis = torch.ones(n, 1, device=means.device)
     elif visibility_per_pixel or light is None or not is_transfer_record(visibility):
         vis = visibility  # (the radiance blend needs no light and reads no visibility)
-    else:
-        vis = light_visibility(visibility, light)
+    else:  # (a traced bounce, when the grids carry one, replaces the record's grey fill)
+        vis = _lit_visibility(visibility, light, reflections, normals, shadows)
         if target_light is not None:
-            vis_target = light_visibility(visibility, target_light)
+            vis_target = _lit_visibility(visibility, target_light, target_reflections, normals, shadows)
     extra = [vis] if vis_target is None else [vis, vis_target]
     feats = torch.cat(
         [radiance, mats["albedo"], mats["roughness"], mats["metallic"], normals, mats["progress"], *extra], dim=-1
@@ -208,6 +213,16 @@ def render_prd(
         target_visibility=vis_px[1].clamp(0, 1) if vis_target is not None else None,
         target_reflection=target_reflection,
     )
+
+
+def _lit_visibility(visibility: Tensor, light: EnvironmentLight, grid: ReflectionGrid | None, normals: Tensor,
+                    shadows: DirectionalShadows | None = None) -> Tensor:
+    """A transfer record read for ``light`` (its share, or the directional ``shadows``'): with the
+    grid's traced bounce (:func:`invrender.shading.shadowing.bounce_visibility`, [N, 3]) when it
+    carries one, else plus the grey fill (:func:`invrender.shading.shadowing.light_visibility`, [N, 1])."""
+    if grid is not None and grid.bounce is not None and grid.bounce.shape[0] == visibility.shape[0]:
+        return bounce_visibility(visibility, light, grid.bounce, normals, shadows)
+    return light_visibility(visibility, light, shadows)
 
 
 def blend_shading(

@@ -21,6 +21,7 @@ from torch import Tensor
 from invrender.distill.model import MATERIAL_NAMES, material_params, render_prd
 from invrender.distill.schedule import PRDSchedule, blend_for, progress_override
 from invrender.metrics import psnr
+from invrender.shading.shadowing import DirectionalShadows
 from invrender.shading.light import EnvironmentLight
 from invrender.splat.gaussians import PARAM_NAMES, num_gaussians
 from invrender.train import NonFiniteError, Trainer, photometric_loss
@@ -103,6 +104,7 @@ class PRDTrainer(Trainer):
         self.light: EnvironmentLight | None = None
         self.light_opt: torch.optim.Optimizer | None = None
         self.visibility: Tensor | None = None  # [N, 1] ambient or [N, 2K+1] shadowing transfer record
+        self.shadows: DirectionalShadows | None = None  # sharp shadows that refine the record's share
         self._mips = None
         self.last_bake_s: float | None = None
         self.mesh_normals: Tensor | None = None  # [V, H, W, 3] target normals (0 where the mesh is absent)
@@ -179,6 +181,8 @@ class PRDTrainer(Trainer):
             sd["light_opt"] = self.light_opt.state_dict()
         if self.visibility is not None:
             sd["visibility"] = self.visibility.cpu()
+        if self.shadows is not None:
+            sd["shadows"] = {"transmittance": self.shadows.transmittance.cpu(), "normals": self.shadows.normals.cpu()}
         if self.prior is not None:
             sd["prior"] = self.prior.state_dict()
         if self.mesh_normals is not None:
@@ -186,7 +190,9 @@ class PRDTrainer(Trainer):
         if self._reflection_inputs is not None:
             r = self._reflection_inputs
             sd["reflection_inputs"] = {"step": r["step"], "params": {k: v.cpu() for k, v in r["params"].items()},
-                                       "light": {k: v.cpu() for k, v in r["light"].items()}}
+                                       "light": {k: v.cpu() for k, v in r["light"].items()},
+                                       "bounce": None if r.get("bounce") is None else r["bounce"].cpu(),
+                                       "bounce_step": r.get("bounce_step")}
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
@@ -197,6 +203,7 @@ class PRDTrainer(Trainer):
             self.light.load_state_dict(sd["light"])
             self.light_opt.load_state_dict(sd["light_opt"])
         self.visibility = sd["visibility"].to(self.device) if "visibility" in sd else None
+        self.shadows = DirectionalShadows(**sd["shadows"]).to(self.device) if "shadows" in sd else None
         if self.prior is not None and "prior" in sd:
             self.prior.load_state_dict(sd["prior"])
         if "reflection_inputs" in sd and self._traces_reflections():
@@ -236,13 +243,26 @@ class PRDTrainer(Trainer):
         if self.reflections is None or self.step - self._reflection_inputs["step"] >= cfg.refresh_every:
             # what the grid is built from is kept for the checkpoint: a resumed run rebuilds the
             # same grid instead of one from later parameters (resuming stays bit for bit)
+            old = self._reflection_inputs
+            gather = old is None or old.get("bounce") is None or self.step - old["bounce_step"] >= cfg.bounce_refresh_every
             self._reflection_inputs = {
                 "step": self.step,
                 "params": {k: self.params[k].detach().clone() for k in REFLECTION_INPUTS},
                 "light": {k: v.detach().clone() for k, v in self.light.state_dict().items()},
             }
-            self.reflections = lit_grid(self.params, self.visibility, self.light, cfg)
+            self.reflections = lit_grid(self.params, self.visibility, self.light, cfg, bounce=gather)
+            self._keep_bounce(None if gather else old)
         return self.reflections
+
+    def _keep_bounce(self, old: dict | None) -> None:
+        """Record the grid's fresh bounce (with its step) for the checkpoint, or give the grid the
+        bounce of ``old`` (the inputs of an earlier build), which it was built without."""
+        r, grid = self._reflection_inputs, self.reflections
+        if old is None:
+            r["bounce"], r["bounce_step"] = grid.bounce, r["step"]
+        else:
+            r["bounce"], r["bounce_step"] = old["bounce"], old["bounce_step"]
+            self.reflections = dataclasses.replace(grid, bounce=old["bounce"])
 
     def _restore_reflections(self, saved: dict) -> None:
         from invrender.distill.reflection import lit_grid  # noqa: PLC0415
@@ -251,7 +271,12 @@ class PRDTrainer(Trainer):
         light.load_state_dict(saved["light"])
         params = {k: v.to(self.device) for k, v in saved["params"].items()}
         self._reflection_inputs = {"step": int(saved["step"]), "params": params, "light": saved["light"]}
-        self.reflections = lit_grid(params, self.visibility, light, self.cfg.distill.reflection)
+        bounce = saved.get("bounce")  # the bounce the grid had, perhaps gathered at an earlier build
+        self.reflections = lit_grid(params, self.visibility, light, self.cfg.distill.reflection, bounce=False)
+        if bounce is not None:
+            self._keep_bounce({"bounce": bounce.to(self.device), "bounce_step": int(saved["bounce_step"])})
+        else:
+            self._reflection_inputs.update(bounce=None, bounce_step=None)
 
     # ------------------------------------------------------------------ stage switches
     def enter_stage(self, stage: str) -> None:
@@ -266,7 +291,7 @@ class PRDTrainer(Trainer):
             for k in PARAM_NAMES:
                 for group in self.optimizers[k].param_groups:
                     group["lr"] *= d.geometry_lr_scale
-            self.bake_visibility()
+            self.bake_visibility(shadows=False)  # stage 2 shades the specular term alone
             if d.lambda_mesh_normal > 0:
                 self.bake_mesh_normals()
         elif stage == "diffuse":
@@ -292,25 +317,31 @@ class PRDTrainer(Trainer):
                 group["lr"] = d.lr_progress_joint
 
     @torch.no_grad()
-    def bake_visibility(self) -> None:
+    def bake_visibility(self, shadows: bool = True) -> None:
         """Visibility per Gaussian from the current geometry (:mod:`invrender.distill.visibility`): the
-        shadowing transfer record ``[N, 2K+1]``, or with ``ao.shadow_sh_degree`` None the ambient one ``[N, 1]``."""
-        from invrender.distill.visibility import bake_diffuse_visibility  # noqa: PLC0415
+        shadowing transfer record ``[N, 2K+1]``, or with ``ao.shadow_sh_degree`` None the ambient one
+        ``[N, 1]``; with ``shadows`` also the sharp shadows (``ao.shadow_directions``)."""
+        from invrender.distill.visibility import bake_diffuse_visibility, bake_directional_shadows  # noqa: PLC0415
 
         ao_cfg = self.cfg.distill.ao
         n = num_gaussians(self.params)
         if not self.cfg.distill.bake_visibility or self.cfg.preset == "radiance":
             self.visibility = torch.ones(n, 1, device=self.device)
+            self.shadows = None
             self.last_bake_s = None
             return
         t0 = time.perf_counter()
         # outward normals from the density field: right after stage 1 the Gaussians are not flat
         # yet and their shortest axes point anywhere (AO along them was ~0.4 on lit surfaces)
         p = self.params
+        geometry = (p["means"], torch.exp(p["scales"]), p["quats"], torch.sigmoid(p["opacities"]))
         self.visibility = bake_diffuse_visibility(
-            p["means"], torch.exp(p["scales"]), p["quats"], torch.sigmoid(p["opacities"]), None,
-            shadow_sh_degree=ao_cfg.shadow_sh_degree, indirect=ao_cfg.indirect, **ao_cfg.bake_kwargs(),
+            *geometry, None, shadow_sh_degree=ao_cfg.shadow_sh_degree, indirect=ao_cfg.indirect, **ao_cfg.bake_kwargs(),
         ).to(self.device)
+        self.shadows = None
+        if shadows and ao_cfg.shadow_directions > 0 and ao_cfg.shadow_sh_degree is not None:  # (they refine a record)
+            kw = {k: v for k, v in ao_cfg.bake_kwargs().items() if k != "num_directions"}
+            self.shadows = DirectionalShadows(*bake_directional_shadows(*geometry, num_directions=ao_cfg.shadow_directions, **kw))
         self.last_bake_s = time.perf_counter() - t0
 
     @torch.no_grad()
@@ -367,6 +398,7 @@ class PRDTrainer(Trainer):
             blend=blend, visibility=self.visibility, mips=self.mips if blend != "radiance" else None,
             tonemapping=d.tonemapping, material_override=None if fixed is None else {"progress": fixed},
             backend=cfg.backend, reflections=self.reflection_grid(stage) if blend in ("prd", "pbr") else None,
+            shadows=self.shadows,
         )
         gt_a = self.gt_alpha[i]  # [H, W, 1]
         gt = self.gt_rgb[i] * gt_a + bg * (1.0 - gt_a)

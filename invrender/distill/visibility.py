@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from invrender.splat.project import quat_to_rotmat
-from invrender.shading.shadowing import RECORD_SH_SIZES
+from invrender.shading.shadowing import RECORD_SH_SIZES, sphere_directions
 from invrender.splat.sh import sh_basis
 
 _MAX_ALPHA = 0.999  # opacity 1 would give infinite extinction; 0.999 is already optical depth 6.9
@@ -100,17 +100,27 @@ class AOConfig:
     the diffuse term sees which part of each light is blocked, so a hidden sun casts a (soft)
     shadow. None: ambient occlusion only, the same for every light. The mesh stage and the glTF
     export keep the ambient occlusion."""
+    shadow_directions: int = 256
+    """Fixed world directions of the sharp shadows (:func:`bake_directional_shadows`), which take
+    the place of the transfer's SH share in training, evaluation and relighting (the viewer keeps the
+    SH). A degree-3 share rings or leaks around a small sun (a floor behind a wall kept 0.00 and 0.08
+    of the light where 0.05 and 0.03 were right; 256 cells: within 0.003). With the true materials
+    and lights of the embedded scene they raised the object-pixel relighting from 26.10 to 26.30 dB.
+    0: the SH share only."""
 
     def __post_init__(self) -> None:
         # fail at the command line, not when stage 2 starts
         _check_fraction("ao.indirect", self.indirect)
+        if self.shadow_directions < 0:
+            raise ValueError(f"ao.shadow-directions must be >= 0 (0: the SH share only), got {self.shadow_directions}")
         if self.shadow_sh_degree is not None and not 1 <= self.shadow_sh_degree <= 3:
             raise ValueError(f"ao.shadow-sh-degree must be 1, 2, 3 or None, got {self.shadow_sh_degree}")
 
     def bake_kwargs(self) -> dict:
         """The keyword arguments of :func:`bake_ambient_occlusion` (everything but ``indirect`` and
         ``shadow_sh_degree``); :func:`bake_visibility_transfer` takes the same plus ``sh_degree``."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("indirect", "shadow_sh_degree")}
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in ("indirect", "shadow_sh_degree", "shadow_directions")}
 
 
 def diffuse_visibility(ao: Tensor, indirect: float) -> Tensor:
@@ -459,22 +469,30 @@ def _trace_hemispheres(
             o = (q_pts[sl] - origin) / voxel + start_vox[:, None] * nrm  # [C, 3] ray origins, voxels
             o = o[:, None].expand_as(dirs).reshape(-1, 3)  # [R, 3]
             d = dirs.reshape(-1, 3)  # [R, 3]; unit, so one voxel of t is one voxel of distance
-            n_steps = _steps_in_grid(o, d, dims, reach)  # [R]
-            tau = torch.zeros(o.shape[0], device=device)  # [R] optical depth
-            active = (n_steps > 0).nonzero().squeeze(1)
-            k0 = 0
-            while active.numel() > 0:
-                t = k0 + 0.5 + torch.arange(_MARCH_BLOCK, device=device, dtype=torch.float32)  # [K]
-                pts = o[active, None, :] + t[None, :, None] * d[active, None, :]  # [A, K, 3]
-                grid = (pts * to_ndc - 1.0)[None, :, :, None, :]  # [1, A, K, 1, 3] as (x, y, z)
-                sig = F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-                sig = sig.view(active.shape[0], _MARCH_BLOCK)  # [A, K]
-                valid = t[None, :] < n_steps[active, None].float()  # the last block overshoots
-                tau[active] += (sig * valid).sum(dim=1)  # step = 1 voxel and sigma is per voxel
-                k0 += _MARCH_BLOCK
-                still = (n_steps[active] > k0) & (tau[active] < _TAU_CUTOFF)
-                active = active[still]
+            tau = _optical_depth(volume, to_ndc, o, d, _steps_in_grid(o, d, dims, reach))  # [R]
             yield sl, torch.exp(-tau).view(-1, num_directions), dirs
+
+
+def _optical_depth(volume: Tensor, to_ndc: Tensor, o: Tensor, d: Tensor, n_steps: Tensor) -> Tensor:
+    """Optical depth ``[R]`` of the density ``volume`` [1, 1, nz, ny, nx] along rays from ``o``
+    [R, 3] (voxel coordinates) in unit directions ``d`` [R, 3], ``n_steps`` [R] one-voxel steps
+    each; rays are marched in blocks and dropped once they are opaque."""
+    device = o.device
+    tau = torch.zeros(o.shape[0], device=device)
+    active = (n_steps > 0).nonzero().squeeze(1)
+    k0 = 0
+    while active.numel() > 0:
+        t = k0 + 0.5 + torch.arange(_MARCH_BLOCK, device=device, dtype=torch.float32)  # [K]
+        pts = o[active, None, :] + t[None, :, None] * d[active, None, :]  # [A, K, 3]
+        grid = (pts * to_ndc - 1.0)[None, :, :, None, :]  # [1, A, K, 1, 3] as (x, y, z)
+        sig = F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        sig = sig.view(active.shape[0], _MARCH_BLOCK)  # [A, K]
+        valid = t[None, :] < n_steps[active, None].float()  # the last block overshoots
+        tau[active] += (sig * valid).sum(dim=1)  # step = 1 voxel and sigma is per voxel
+        k0 += _MARCH_BLOCK
+        still = (n_steps[active] > k0) & (tau[active] < _TAU_CUTOFF)
+        active = active[still]
+    return tau
 
 
 def _bake_per_point(
@@ -625,3 +643,55 @@ def bake_diffuse_visibility(
     if shadow_sh_degree is None:
         return diffuse_visibility(bake_ambient_occlusion(*geometry, **bake_kwargs), indirect)[:, None]
     return transfer_visibility(bake_visibility_transfer(*geometry, sh_degree=shadow_sh_degree, **bake_kwargs), indirect)
+
+
+def bake_directional_shadows(
+    means: Tensor, scales: Tensor, quats: Tensor, opacities: Tensor, normals: Tensor | None = None, *,
+    num_directions: int = 256, grid_resolution: int = 96, max_distance: float | None = None,
+    offset: float = 2.0, chunk: int = 8192,
+) -> tuple[Tensor, Tensor]:
+    """Per Gaussian, the transmittance towards each of ``num_directions`` fixed world directions
+    (:func:`sphere_directions`), for sharp light-dependent shadows
+    (:class:`invrender.shading.shadowing.DirectionalShadows`).
+
+    The same march as the other bakes (density grid, rays from ``offset`` voxels plus twice the
+    Gaussian's own standard deviation off its centre along its outward density normal), but along
+    one fixed set of directions for every Gaussian instead of a pattern turned into each normal's
+    frame, so that a light is read once per direction for the whole scene. Only the directions in
+    front of the normal are marched; the others are stored as blocked (they carry no weight).
+    The SH transfer of degree 3 spreads a sun's shadow over tens of degrees; 256 directions give
+    cells of about 7 degrees' radius.
+
+    ``normals`` [N, 3]: outward normals, or None for the density's (as the trainer bakes).
+
+    Returns ``(transmittance [N, D] uint8 (255 = open), normals [N, 3])`` on ``means.device``."""
+    if num_directions < 1:
+        raise ValueError(f"num_directions must be >= 1, got {num_directions}")
+    device = means.device
+    n = means.shape[0]
+    out = torch.zeros(n, num_directions, dtype=torch.uint8, device=device)
+    if n == 0:
+        return out, torch.zeros(0, 3, device=device)
+    with torch.no_grad():
+        means, scales, quats, opacities = (t.detach().float() for t in (means, scales, quats, opacities))
+        origin, voxel, dims = _grid_box(means, scales, quats, grid_resolution)
+        volume = _density_grid(means, scales, quats, opacities, origin, voxel, dims)[None, None]
+        to_ndc = _voxel_to_ndc(dims, device)
+        if normals is None:
+            normals = _density_normals(volume, (means - origin) / voxel, to_ndc)
+        normals = normals.detach().float().to(device)
+        normals = normals / normals.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        own = ((quat_to_rotmat(quats).transpose(1, 2) @ normals[:, :, None]).squeeze(-1) * scales).norm(dim=-1)
+        reach = math.inf if max_distance is None else max_distance / voxel
+        dirs = sphere_directions(num_directions, device)  # [D, 3]
+        for start in range(0, n, chunk):
+            sl = slice(start, min(start + chunk, n))
+            front = (normals[sl] @ dirs.T) > 0  # [C, D]
+            ci, di = front.nonzero(as_tuple=True)
+            o = (means[sl] - origin) / voxel + ((offset + 2.0 * own[sl] / voxel)[:, None] * normals[sl])  # [C, 3]
+            o, d = o[ci], dirs[di]
+            tau = _optical_depth(volume, to_ndc, o, d, _steps_in_grid(o, d, dims, reach))
+            block = torch.zeros(front.shape, dtype=torch.uint8, device=device)
+            block[ci, di] = (torch.exp(-tau) * 255.0).round().clamp(0, 255).to(torch.uint8)
+            out[sl] = block
+    return out, normals
