@@ -256,9 +256,7 @@ def test_stage_switches_do_what_prd_says(embedded_scene, tmp_path):
     assert t.reflections is not None and t.reflections.radiance is not None and t._reflection_inputs["step"] == 15
     # ...the sharp shadows that read the record per light (uint8 transmittance towards fixed directions)
     assert t.shadows is not None and t.shadows.transmittance.shape == (n, d.ao.shadow_directions)
-    # ...with the light the scene sends onto itself, gathered per Gaussian in place of the grey fill
-    assert t.reflections.bounce is not None and t.reflections.bounce.shape == (n, 3)
-    assert t._reflection_inputs["bounce_step"] == 15 and bool(torch.isfinite(t.reflections.bounce).all())
+    assert t.reflections.bounce is None  # the traced bounce is off by default: the record's grey fill
     assert t.meta()["reflection"] == dataclasses.asdict(d.reflection)
     for _ in range(3):
         t.train_step()
@@ -365,12 +363,14 @@ def test_resume_across_stages_is_bit_for_bit(embedded_scene, tmp_path):
         c = _cfg(embedded_scene, out, background="random", **kw)
         # reflections rebuilt at steps 15, 17, 19, 21; the bounce gathered at 15 and 21 only, so the
         # checkpoint of step 17 holds a grid whose bounce is older than it
-        c.distill.reflection = ReflectionConfig(refresh_every=2, bounce_refresh_every=5)
+        c.distill.reflection = ReflectionConfig(refresh_every=2, bounce_directions=4, bounce_refresh_every=5)
         return c
 
     straight = PRDTrainer(cfg(tmp_path / "a"))
     straight.train()
     assert straight.step == 22 and straight._reflection_inputs["bounce_step"] == 21
+    assert straight.reflections.bounce.shape == (straight.params["means"].shape[0], 3)
+    assert bool(torch.isfinite(straight.reflections.bounce).all())
 
     half = PRDTrainer(cfg(tmp_path / "b"))
     for _ in range(17):  # into the diffuse stage
