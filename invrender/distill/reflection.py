@@ -36,14 +36,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from invrender.distill.visibility import (
-    _density_grid, _density_normals, _grid_box, _steps_in_grid, _tangent_frame, _voxel_to_ndc,
+    _density_grid, _density_normals, _grid_box, _std_along, _steps_in_grid, _turned_to, _voxel_to_ndc,
     cosine_hemisphere_directions,
 )
 from invrender.shading.brdf import base_reflectance
 from invrender.shading.light import EnvironmentLight
 from invrender.shading.shadowing import is_transfer_record, light_visibility
 from invrender.shading.splitsum import specular_albedo
-from invrender.splat.project import quat_to_rotmat
 
 _BLOCK = 16  # steps marched per block before finished rays are dropped
 _T_CUTOFF = 1e-4  # a ray this opaque has met all it will meet
@@ -245,14 +244,13 @@ def gather_bounce(grid: ReflectionGrid, num_directions: int = 16, chunk: int = 4
     means, scales, quats, _ = grid.gaussians
     device = grid.density.device
     nrm = F.normalize(grid.normals.float(), dim=-1)
-    own = ((quat_to_rotmat(quats).transpose(1, 2) @ nrm[:, :, None]).squeeze(-1) * scales).norm(dim=-1)  # [N]
+    own = _std_along(quats, scales, nrm)  # [N]
     local = cosine_hemisphere_directions(num_directions, device)  # [D, 3]
     out = torch.zeros(means.shape[0], 3, device=device)
     for start in range(0, means.shape[0], chunk):
         sl = slice(start, min(start + chunk, means.shape[0]))
         n = nrm[sl]
-        t1, t2 = _tangent_frame(n)
-        dirs = local[None, :, 0:1] * t1[:, None] + local[None, :, 1:2] * t2[:, None] + local[None, :, 2:3] * n[:, None]
+        dirs = _turned_to(local, n)  # [C, D, 3]
         o = (means[sl] - grid.origin) / grid.voxel + (BOUNCE_OFFSET + 2.0 * own[sl] / grid.voxel)[:, None] * n
         o = o[:, None].expand_as(dirs).reshape(-1, 3)
         d = dirs.reshape(-1, 3)

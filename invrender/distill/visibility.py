@@ -173,6 +173,23 @@ def _tangent_frame(n: Tensor) -> tuple[Tensor, Tensor]:
     return t1, t2
 
 
+def _turned_to(local_dirs: Tensor, normals: Tensor) -> Tensor:
+    """``[C, D, 3]``: the +z-hemisphere pattern ``local_dirs`` [D, 3] turned into the frame of each
+    unit normal [C, 3] (:func:`_tangent_frame`)."""
+    t1, t2 = _tangent_frame(normals)
+    return (
+        local_dirs[None, :, 0:1] * t1[:, None]
+        + local_dirs[None, :, 1:2] * t2[:, None]
+        + local_dirs[None, :, 2:3] * normals[:, None]
+    )
+
+
+def _std_along(quats: Tensor, scales: Tensor, normals: Tensor) -> Tensor:
+    """``[N]``: each Gaussian's own standard deviation along its unit normal, ``||S R^T n||``
+    (rays leave twice that off the centre, so a Gaussian does not block itself)."""
+    return ((quat_to_rotmat(quats).transpose(1, 2) @ normals[:, :, None]).squeeze(-1) * scales).norm(dim=-1)
+
+
 def _grid_box(
     means: Tensor, scales: Tensor, quats: Tensor, resolution: int,
 ) -> tuple[Tensor, float, tuple[int, int, int]]:
@@ -449,9 +466,8 @@ def _trace_hemispheres(
                 normals = _density_normals(volume, (means - origin) / voxel, to_ndc)
             normals = normals.detach().float()
             q_pts = means
-            # the Gaussian's own standard deviation along its normal: ||S R^T n||
             nrm_all = normals / normals.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-            q_own = ((quat_to_rotmat(quats).transpose(1, 2) @ nrm_all[:, :, None]).squeeze(-1) * scales).norm(dim=-1)
+            q_own = _std_along(quats, scales, nrm_all)
         n = q_pts.shape[0]
         reach = math.inf if max_distance is None else max_distance / voxel  # in voxels
 
@@ -459,12 +475,7 @@ def _trace_hemispheres(
         for start in range(0, n, chunk):
             sl = slice(start, min(start + chunk, n))
             nrm = normals[sl] / normals[sl].norm(dim=-1, keepdim=True).clamp(min=1e-12)  # [C, 3]
-            t1, t2 = _tangent_frame(nrm)
-            dirs = (
-                local_dirs[None, :, 0:1] * t1[:, None]
-                + local_dirs[None, :, 1:2] * t2[:, None]
-                + local_dirs[None, :, 2:3] * nrm[:, None]
-            )  # [C, D, 3]
+            dirs = _turned_to(local_dirs, nrm)  # [C, D, 3]
             start_vox = offset + 2.0 * q_own[sl] / voxel  # [C]
             o = (q_pts[sl] - origin) / voxel + start_vox[:, None] * nrm  # [C, 3] ray origins, voxels
             o = o[:, None].expand_as(dirs).reshape(-1, 3)  # [R, 3]
@@ -681,7 +692,7 @@ def bake_directional_shadows(
             normals = _density_normals(volume, (means - origin) / voxel, to_ndc)
         normals = normals.detach().float().to(device)
         normals = normals / normals.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-        own = ((quat_to_rotmat(quats).transpose(1, 2) @ normals[:, :, None]).squeeze(-1) * scales).norm(dim=-1)
+        own = _std_along(quats, scales, normals)
         reach = math.inf if max_distance is None else max_distance / voxel
         dirs = sphere_directions(num_directions, device)  # [D, 3]
         for start in range(0, n, chunk):
