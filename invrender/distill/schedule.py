@@ -154,7 +154,7 @@ class DistillConfig:
     """Bake the visibility of the diffuse term (off: visibility 1 everywhere)."""
     ao: AOConfig = field(default_factory=AOConfig)
     """The baked visibility of the diffuse term (shadowing transfer, or ambient occlusion only): at
-    stage 2 and again at stage 3."""
+    the stage-3 switch (stage 2 has no diffuse term)."""
     reflection: ReflectionConfig = field(default_factory=ReflectionConfig)
     """Traced specular inter-reflection in stages 3-4 and when the run is rendered: the mirror
     direction is marched through the Gaussians' density, and what it meets (their diffuse colour

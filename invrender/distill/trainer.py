@@ -291,7 +291,9 @@ class PRDTrainer(Trainer):
             for k in PARAM_NAMES:
                 for group in self.optimizers[k].param_groups:
                     group["lr"] *= d.geometry_lr_scale
-            self.bake_visibility(shadows=False)  # stage 2 shades the specular term alone
+            # stage 2 shades the specular term alone (metallic held at 1: no diffuse term to
+            # shadow), so the visibility is baked once, at the stage-3 switch
+            self.visibility, self.shadows, self.last_bake_s = None, None, None
             if d.lambda_mesh_normal > 0:
                 self.bake_mesh_normals()
         elif stage == "diffuse":
@@ -375,7 +377,7 @@ class PRDTrainer(Trainer):
             t0 = time.perf_counter()
             self.enter_stage(switch)
             self._say(f"step {nxt}: stage '{switch}' begins ({time.perf_counter() - t0:.1f} s to set up"
-                      + (f", visibility baked in {self.last_bake_s:.1f} s" if switch in ("specular", "diffuse") and
+                      + (f", visibility baked in {self.last_bake_s:.1f} s" if switch == "diffuse" and
                          self.last_bake_s is not None else "") + ")")
         stage = self.schedule.stage_at(nxt)
         if stage == "radiance":
