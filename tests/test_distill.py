@@ -431,6 +431,7 @@ def test_mesh_normal_target_is_baked_at_stage_two_and_survives_resume(embedded_s
         c = _cfg(embedded_scene, out, **kw)
         c.distill.lambda_mesh_normal = 0.1
         c.distill.mesh_normal_resolution = 32
+        c.distill.mesh_normal_rebake = False
         return c
 
     t = PRDTrainer(cfg(tmp_path / "r"))
@@ -448,3 +449,24 @@ def test_mesh_normal_target_is_baked_at_stage_two_and_survives_resume(embedded_s
     t.save_checkpoint()
     back = PRDTrainer(cfg(tmp_path / "r", resume=True))
     assert back.resume() and torch.equal(back.mesh_normals, nm)
+    while t.schedule.stage_at(t.step + 1) == "specular":
+        t.train_step()
+    t.train_step()  # stage 3 starts: without the rebake the target stays
+    assert t.schedule.stage_at(t.step) == "diffuse" and t.mesh_normals is nm
+
+
+def test_mesh_normal_target_is_extracted_again_when_stage_three_starts(embedded_scene, tmp_path, monkeypatch):
+    c = _cfg(embedded_scene, tmp_path / "r")
+    c.distill.lambda_mesh_normal = 0.1
+    c.distill.mesh_normal_resolution = 32
+    assert c.distill.mesh_normal_rebake  # the default
+    t = PRDTrainer(c)
+    baked = []
+    real = t.bake_mesh_normals
+    monkeypatch.setattr(t, "bake_mesh_normals", lambda: (baked.append(t.step), real())[1])
+    while t.schedule.stage_at(t.step + 1) != "joint":
+        t.train_step()
+    first_diffuse = t.schedule.radiance_steps + t.schedule.specular_steps
+    # once as stage 2 starts, once as stage 3 does (from the Gaussians stage 2 has trained)
+    assert baked == [t.schedule.radiance_steps, first_diffuse]
+    assert t.mesh_normals.shape == (t.viewmats.shape[0], t.height, t.width, 3)

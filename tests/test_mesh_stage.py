@@ -12,7 +12,7 @@ import torch
 from invrender.cameras import pixel_rays
 from invrender.mesh.extract import (
     RawMesh, boundary_edge_count, chamfer_distance, clean_mesh, decimate, face_normals, fuse_tsdf, marching_cubes,
-    unwrap_uv, vertex_normals,
+    smooth_vertex_normals, unwrap_uv, vertex_normals,
 )
 from invrender.mesh.render import render_mesh
 from invrender.mesh.raster import fill_texture
@@ -110,6 +110,32 @@ def test_vertex_normals_are_unit_where_faces_cancel():
     n = vertex_normals(v, f)
     assert torch.allclose(n.norm(dim=-1), torch.ones(4))
     assert abs(float(n[0, 2])) == 1.0 and torch.equal(n[3], torch.tensor([0.0, 0.0, 1.0]))
+
+
+def test_smoothing_vertex_normals_removes_a_staircase_and_keeps_a_plane_flat():
+    # a 12 x 12 vertex grid in the plane z = 0 (two triangles per cell, wound to face +z)
+    n = 12
+    ii, jj = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    v = torch.stack([jj.float(), ii.float(), torch.zeros(n, n)], -1).reshape(-1, 3)
+    a, b, c, d = (ii * n + jj)[:-1, :-1], (ii * n + jj + 1)[:-1, :-1], ((ii + 1) * n + jj)[:-1, :-1], ((ii + 1) * n + jj + 1)[:-1, :-1]
+    f = torch.cat([torch.stack([a, b, d], -1).reshape(-1, 3), torch.stack([a, d, c], -1).reshape(-1, 3)])
+    up = vertex_normals(v, f)
+    assert torch.allclose(up[:, 2], torch.ones(n * n))
+    assert torch.allclose(smooth_vertex_normals(up, f, 5), up)  # a plane stays flat
+    # alternating tilts of 10 degrees, as a voxel staircase leaves them
+    t = math.radians(10.0)
+    sign = torch.where((ii + jj).reshape(-1) % 2 == 0, 1.0, -1.0)
+    noisy = torch.stack([sign * math.sin(t), torch.zeros(n * n), torch.full((n * n,), math.cos(t))], -1)
+    assert torch.equal(smooth_vertex_normals(noisy, f, 0), noisy)
+
+    def err(x):
+        return float(torch.rad2deg(torch.acos(x[:, 2].clamp(-1, 1))).mean())
+
+    once, thrice = smooth_vertex_normals(noisy, f, 1), smooth_vertex_normals(noisy, f, 3)
+    assert torch.allclose(thrice.norm(dim=-1), torch.ones(n * n))
+    assert err(thrice) < err(once) < 0.6 * err(noisy)
+    with pytest.raises(ValueError, match="iterations"):
+        smooth_vertex_normals(noisy, f, -1)
 
 
 def test_tsdf_without_surface_is_a_clear_error():

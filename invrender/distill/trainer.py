@@ -314,6 +314,8 @@ class PRDTrainer(Trainer):
                     self.optimizers["roughness"].state.clear()  # fresh moments for the restarted values
             self.optimizers["metallic"].state.clear()  # fresh moments for the released parameter
             self.bake_visibility()
+            if d.lambda_mesh_normal > 0 and d.mesh_normal_rebake:
+                self.bake_mesh_normals()
         elif stage == "joint":
             for group in self.optimizers["progress"].param_groups:
                 group["lr"] = d.lr_progress_joint
@@ -352,7 +354,7 @@ class PRDTrainer(Trainer):
         ([V, H, W, 3], zero where the mesh does not cover): the target of ``lambda_mesh_normal``."""
         from types import SimpleNamespace  # noqa: PLC0415
 
-        from invrender.mesh.extract import ExtractConfig, extract_mesh, vertex_normals  # noqa: PLC0415
+        from invrender.mesh.extract import ExtractConfig, extract_mesh, smooth_vertex_normals, vertex_normals  # noqa: PLC0415
         from invrender.mesh.raster import interpolate, rasterize  # noqa: PLC0415
 
         t0 = time.perf_counter()
@@ -361,7 +363,8 @@ class PRDTrainer(Trainer):
         cfg = ExtractConfig(resolution=self.cfg.distill.mesh_normal_resolution, max_faces=0)
         params = {k: v.detach() for k, v in self.params.items()}
         mesh = extract_mesh(params, views, self.cfg.sh_degree, cfg, self.cfg.backend)
-        vn = vertex_normals(mesh.vertices, mesh.faces)
+        vn = smooth_vertex_normals(vertex_normals(mesh.vertices, mesh.faces), mesh.faces,
+                                   self.cfg.distill.mesh_normal_smoothing)
         maps = []
         for i in range(self.viewmats.shape[0]):
             rast = rasterize(mesh.vertices, mesh.faces, views.viewmats[i], views.Ks[i], self.width, self.height)

@@ -186,6 +186,23 @@ def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:
     return torch.nn.functional.normalize(vn, dim=-1, eps=1e-30)
 
 
+def smooth_vertex_normals(normals: Tensor, faces: Tensor, iterations: int) -> Tensor:
+    """Unit vertex normals [V, 3] averaged ``iterations`` times over each vertex's neighbourhood:
+    every face takes the sum of its three vertices' normals, every vertex the normalized sum of its
+    faces'. Marching cubes on a fused TSDF leaves a voxel-scale staircase in the normals (a few
+    degrees on flat parts); a few passes remove it while the shape, a few voxels wide, stays."""
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    f = faces.long()
+    flat = f.reshape(-1)
+    for _ in range(iterations):
+        per_face = normals[f].sum(dim=1)  # [F, 3]
+        acc = torch.zeros_like(normals).index_add_(0, flat, per_face.repeat_interleave(3, dim=0))
+        length = acc.norm(dim=-1, keepdim=True)
+        normals = torch.where(length > 1e-12, acc / length.clamp(min=1e-30), normals)  # cancelling: keep
+    return normals
+
+
 def clean_mesh(mesh: RawMesh, min_component_fraction: float = 0.05) -> RawMesh:
     """Drop degenerate faces, small connected components and unused vertices."""
     from scipy.sparse import coo_matrix  # noqa: PLC0415
