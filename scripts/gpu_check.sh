@@ -558,7 +558,8 @@ else
     skip train_toybox 1 "$GPU_SKIP"
     train_step train_cpu_tiny 0 180 "$OUT/train_cpu_tiny" -- --data "$ROOT/data/toybox" --device cpu --steps 20 \
         --distill.specular-steps 3 --distill.diffuse-steps 3 --distill.joint-steps 3 \
-        --distill.ao.grid-resolution 24 --distill.ao.num-directions 8 --downscale 2 --init-num-points 2000
+        --distill.ao.grid-resolution 24 --distill.ao.num-directions 8 --distill.mesh-normal-resolution 48 \
+        --downscale 2 --init-num-points 2000
 fi
 MAKE_SCENE="python scripts/make_synthetic.py --res 800 --n-train 100 --n-test 200 --out DIR"
 if [[ -z "$SCENE" ]]; then
