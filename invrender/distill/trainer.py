@@ -321,10 +321,10 @@ class PRDTrainer(Trainer):
                 group["lr"] = d.lr_progress_joint
 
     @torch.no_grad()
-    def bake_visibility(self, shadows: bool = True) -> None:
+    def bake_visibility(self) -> None:
         """Visibility per Gaussian from the current geometry (:mod:`invrender.distill.visibility`): the
         shadowing transfer record ``[N, 2K+1]``, or with ``ao.shadow_sh_degree`` None the ambient one
-        ``[N, 1]``; with ``shadows`` also the sharp shadows (``ao.shadow_directions``)."""
+        ``[N, 1]``; with a record, also the sharp shadows (``ao.shadow_directions``)."""
         from invrender.distill.visibility import bake_diffuse_visibility, bake_directional_shadows  # noqa: PLC0415
 
         ao_cfg = self.cfg.distill.ao
@@ -343,7 +343,7 @@ class PRDTrainer(Trainer):
             *geometry, None, shadow_sh_degree=ao_cfg.shadow_sh_degree, indirect=ao_cfg.indirect, **ao_cfg.bake_kwargs(),
         ).to(self.device)
         self.shadows = None
-        if shadows and ao_cfg.shadow_directions > 0 and ao_cfg.shadow_sh_degree is not None:  # (they refine a record)
+        if ao_cfg.shadow_directions > 0 and ao_cfg.shadow_sh_degree is not None:  # (they refine a record)
             kw = {k: v for k, v in ao_cfg.bake_kwargs().items() if k != "num_directions"}
             self.shadows = DirectionalShadows(*bake_directional_shadows(*geometry, num_directions=ao_cfg.shadow_directions, **kw))
         self.last_bake_s = time.perf_counter() - t0
