@@ -194,10 +194,11 @@ def smooth_vertex_normals(normals: Tensor, faces: Tensor, iterations: int) -> Te
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
     f = faces.long()
-    flat = f.reshape(-1)
     for _ in range(iterations):
         per_face = normals[f].sum(dim=1)  # [F, 3]
-        acc = torch.zeros_like(normals).index_add_(0, flat, per_face.repeat_interleave(3, dim=0))
+        acc = torch.zeros_like(normals)
+        for i in range(3):  # each face's sum to its three vertices, as vertex_normals scatters
+            acc.index_add_(0, f[:, i], per_face)
         length = acc.norm(dim=-1, keepdim=True)
         normals = torch.where(length > 1e-12, acc / length.clamp(min=1e-30), normals)  # cancelling: keep
     return normals
