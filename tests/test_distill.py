@@ -286,6 +286,12 @@ def test_metallic_start_switch_needs_a_positive_width():
         DistillConfig(metallic_vd_width=0.0)
 
 
+@pytest.mark.parametrize(("name", "value"), [("mesh_normal_rebake_every", -300), ("mesh_normal_smoothing", -1)])
+def test_mesh_normal_target_settings_cannot_be_negative(name, value):
+    with pytest.raises(ValueError, match=name.replace("_", "-")):
+        DistillConfig(**{name: value})
+
+
 @pytest.mark.parametrize("name", ["lambda_light_smooth", "lambda_progress", "lambda_mesh_normal"])
 def test_loss_weights_cannot_be_negative(name):
     with pytest.raises(ValueError, match=name.replace("_", "-")):
@@ -456,6 +462,27 @@ def test_mesh_normal_target_is_baked_at_stage_two_and_survives_resume(embedded_s
         t.train_step()
     t.train_step()  # stage 3 starts: without the rebake the target stays
     assert t.schedule.stage_at(t.step) == "diffuse" and t.mesh_normals is nm
+
+
+def test_mesh_normal_target_follows_the_normals_through_stages_three_and_four(embedded_scene, tmp_path, monkeypatch):
+    c = _cfg(embedded_scene, tmp_path / "r")
+    c.distill.lambda_mesh_normal = 0.1
+    c.distill.mesh_normal_resolution = 32
+    c.distill.mesh_normal_rebake_every = 2
+    t = PRDTrainer(c)
+    baked = []
+    real = t.bake_mesh_normals
+    monkeypatch.setattr(t, "bake_mesh_normals", lambda: (baked.append(t.step), real())[1])
+    while t.step < t.schedule.total:
+        t.train_step()
+    r, s = t.schedule.radiance_steps, t.schedule.specular_steps
+    # stage 2's start, stage 3's, then every second step through stage 4 (whose start is one of them)
+    assert baked == [r, r + s, r + s + 2, r + s + 4, r + s + 6]
+    assert t.schedule.stage_at(r + s + 5) == "joint"
+    c.distill.mesh_normal_rebake_every = 0  # only at the switches
+    assert not any(t.rebakes_mesh_normals_at(k) for k in range(1, t.schedule.total + 1))
+    c.distill.mesh_normal_rebake_every, c.distill.mesh_normal_rebake = 2, False  # no rebake at all
+    assert not any(t.rebakes_mesh_normals_at(k) for k in range(1, t.schedule.total + 1))
 
 
 def test_mesh_normal_target_is_extracted_again_when_stage_three_starts(embedded_scene, tmp_path, monkeypatch):

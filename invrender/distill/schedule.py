@@ -123,6 +123,13 @@ class DistillConfig:
     scene's test views (gold sphere 19.5); fused mid-stage-3 it was 7.8 deg (sphere 6.3). On that
     scene the rebake took relighting from 24.42 to 24.98 dB and albedo from 22.78 to 23.20 dB, for
     one more extraction (~15 s on 2 cores)."""
+    mesh_normal_rebake_every: int = 300
+    """With ``mesh_normal_rebake``, extract that mesh again every this many steps after stage 3
+    starts, through stage 4 (0: only at the stage-3 switch): the normals keep improving during
+    stages 3-4 and the target follows them. On the embedded scene (eighth and ninth sweeps of
+    docs/bench/distill_sweep_toybox_2026-11-28.md): only at the switch, relighting 24.99 dB and
+    normals 7.42 deg; again at stage 4, 25.09 dB and 7.12 deg; every 300 steps, 25.15 dB and
+    7.21 deg, for ~15 s per extraction on 2 cores."""
     lambda_smooth_normal: float = 0.1
     """Weight of the edge-aware smoothness of the rendered normal map (stages 2-4,
     :func:`invrender.distill.trainer.edge_aware_smoothness`): neighbouring pixels' normals agree
@@ -174,6 +181,9 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if not self.metallic_vd_width > 0:
             raise ValueError(f"distill.metallic-vd-width must be > 0, got {self.metallic_vd_width}")
+        if self.mesh_normal_rebake_every < 0:
+            raise ValueError(f"distill.mesh-normal-rebake-every must be >= 0 steps (0: only at the stage-3 switch), "
+                             f"got {self.mesh_normal_rebake_every}")
         if self.mesh_normal_smoothing < 0:
             raise ValueError(f"distill.mesh-normal-smoothing must be >= 0 passes, got {self.mesh_normal_smoothing}")
         for f in fields(self):  # a negative weight would reward what its term penalizes

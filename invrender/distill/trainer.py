@@ -348,6 +348,15 @@ class PRDTrainer(Trainer):
             self.shadows = DirectionalShadows(*bake_directional_shadows(*geometry, num_directions=ao_cfg.shadow_directions, **kw))
         self.last_bake_s = time.perf_counter() - t0
 
+    def rebakes_mesh_normals_at(self, step: int) -> bool:
+        """Whether the mesh normal target is extracted again before ``step`` trains, besides the
+        stage switches (``distill.mesh_normal_rebake_every`` steps apart from stage 3's first step)."""
+        d = self.cfg.distill
+        if d.lambda_mesh_normal <= 0 or not d.mesh_normal_rebake or d.mesh_normal_rebake_every <= 0:
+            return False
+        since = step - (self.schedule.radiance_steps + self.schedule.specular_steps + 1)
+        return since > 0 and since % d.mesh_normal_rebake_every == 0 and self.schedule.stage_at(step) != "radiance"
+
     @torch.no_grad()
     def bake_mesh_normals(self) -> None:
         """Normals of a mesh extracted from the current Gaussians, rasterized into every training view
@@ -383,6 +392,8 @@ class PRDTrainer(Trainer):
                       + (f", visibility baked in {self.last_bake_s:.1f} s" if switch == "diffuse" and
                          self.last_bake_s is not None else "") + ")")
         stage = self.schedule.stage_at(nxt)
+        if self.rebakes_mesh_normals_at(nxt):
+            self.bake_mesh_normals()
         if stage == "radiance":
             rec = super().train_step()
             rec["stage"] = stage
