@@ -350,14 +350,15 @@ def test_smoothness_terms_are_trained_when_weighted(embedded_scene, tmp_path):
     cfg = _cfg(embedded_scene, tmp_path / "r")
     cfg.distill.lambda_smooth_normal = 0.1
     cfg.distill.lambda_smooth_material = 0.1
+    cfg.distill.lambda_smooth_albedo = 0.1
     t = PRDTrainer(cfg)
     for _ in range(10):
         t.train_step()
     rec = t.train_step()  # specular: normals only
-    assert "smooth_normal" in rec and "smooth_material" not in rec
+    assert "smooth_normal" in rec and "smooth_material" not in rec and "smooth_albedo" not in rec
     for _ in range(4):
         rec = t.train_step()  # diffuse
-    assert rec["smooth_material"] >= 0.0 and math.isfinite(rec["loss"])
+    assert rec["smooth_material"] >= 0.0 and rec["smooth_albedo"] > 0.0 and math.isfinite(rec["loss"])
 
 
 def test_pbr_preset_holds_progress_at_one(embedded_scene, tmp_path):

@@ -137,6 +137,13 @@ class DistillConfig:
     lambda_smooth_material: float = 0.1
     """Weight of the same smoothness on the rendered roughness and metallic maps (stages 3-4):
     materials change where the photo changes, not from pixel to pixel."""
+    lambda_smooth_albedo: float = 0.05
+    """Weight of the same edge-aware smoothness on the rendered albedo (stages 3-4): base colour
+    changes where the photo has an edge, so highlights and speckle inside a smooth region stay out
+    of it. On the embedded scene (ninth sweep of docs/bench/distill_sweep_toybox_2026-11-28.md)
+    0 / 0.05 / 0.1 / 0.15 / 0.3 relit at 25.16 / 25.24 / 25.24 / 24.90 / 23.02 dB, albedo 23.12 /
+    23.39 / 23.53 / 22.62 / 16.13 dB, roughness MAE 0.171 / 0.210 / 0.267 / 0.324 / 0.380: the
+    dielectrics roughen as their albedo flattens, and past 0.1 the base turns metallic."""
     lambda_smooth_metal_albedo: float = 0.3
     """Weight of a smoothness of the albedo on metals (stages 3-4), weighted by metallic and blind
     to the photo's edges, which on a metal are reflections that must not go into its base colour

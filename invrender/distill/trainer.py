@@ -437,6 +437,10 @@ class PRDTrainer(Trainer):
             loss_sm = edge_aware_smoothness(rm, gt, mask, d.smooth_edge_scale)
             loss = loss + d.lambda_smooth_material * loss_sm
             terms["smooth_material"] = float(loss_sm.detach())
+        if d.lambda_smooth_albedo > 0 and stage != "specular":
+            loss_sa = edge_aware_smoothness(out.gbuffer.albedo, gt, mask, d.smooth_edge_scale)
+            loss = loss + d.lambda_smooth_albedo * loss_sa
+            terms["smooth_albedo"] = float(loss_sa.detach())
         if d.lambda_smooth_metal_albedo > 0 and stage != "specular":
             loss_ma = metal_albedo_smoothness(out.gbuffer.albedo, out.gbuffer.metallic, mask)
             loss = loss + d.lambda_smooth_metal_albedo * loss_ma
