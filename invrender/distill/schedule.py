@@ -128,8 +128,10 @@ class DistillConfig:
     starts, through stage 4 (0: only at the stage-3 switch): the normals keep improving during
     stages 3-4 and the target follows them. On the embedded scene (eighth and ninth sweeps of
     docs/bench/distill_sweep_toybox_2026-11-28.md): only at the switch, relighting 24.99 dB and
-    normals 7.42 deg; again at stage 4, 25.09 dB and 7.12 deg; every 300 steps, 25.15 dB and
-    7.21 deg, for ~15 s per extraction on 2 cores."""
+    normals 7.42 deg; again at stage 4, 25.09 dB and 7.12 deg; every 300 steps, 25.16 dB and
+    7.23 deg, for ~15 s per extraction on 2 cores. The same setting cost the ``pbr`` and
+    ``radiance`` presets their dielectrics' normals (pbr 7.00 -> 8.00 deg): a target fused again
+    from the geometry it shapes can lock that geometry's errors in."""
     lambda_smooth_normal: float = 0.1
     """Weight of the edge-aware smoothness of the rendered normal map (stages 2-4,
     :func:`invrender.distill.trainer.edge_aware_smoothness`): neighbouring pixels' normals agree

@@ -354,8 +354,8 @@ class PRDTrainer(Trainer):
         d = self.cfg.distill
         if d.lambda_mesh_normal <= 0 or not d.mesh_normal_rebake or d.mesh_normal_rebake_every <= 0:
             return False
-        since = step - (self.schedule.radiance_steps + self.schedule.specular_steps + 1)
-        return since > 0 and since % d.mesh_normal_rebake_every == 0 and self.schedule.stage_at(step) != "radiance"
+        since = step - (self.schedule.radiance_steps + self.schedule.specular_steps + 1)  # > 0: stages 3-4
+        return since > 0 and since % d.mesh_normal_rebake_every == 0
 
     @torch.no_grad()
     def bake_mesh_normals(self) -> None:
