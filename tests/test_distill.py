@@ -480,8 +480,8 @@ def test_mesh_normal_target_follows_the_normals_through_stages_three_and_four(em
     # stage 2's start, stage 3's, then every second step through stage 4 (whose start is one of them)
     assert baked == [r, r + s, r + s + 2, r + s + 4, r + s + 6]
     assert t.schedule.stage_at(r + s + 5) == "joint"
-    c.distill.mesh_normal_rebake_every = 0  # only at the switches
-    assert not any(t.rebakes_mesh_normals_at(k) for k in range(1, t.schedule.total + 1))
+    c.distill.mesh_normal_rebake_every = 0  # only at the stage-3 switch
+    assert [k for k in range(1, t.schedule.total + 1) if t.rebakes_mesh_normals_at(k)] == [r + s + 1]
     c.distill.mesh_normal_rebake_every, c.distill.mesh_normal_rebake = 2, False  # no rebake at all
     assert not any(t.rebakes_mesh_normals_at(k) for k in range(1, t.schedule.total + 1))
 

@@ -313,9 +313,7 @@ class PRDTrainer(Trainer):
                     self.params["roughness"].copy_(torch.logit(r.clamp(1e-4, 1 - 1e-4))[:, None])
                     self.optimizers["roughness"].state.clear()  # fresh moments for the restarted values
             self.optimizers["metallic"].state.clear()  # fresh moments for the released parameter
-            self.bake_visibility()
-            if d.lambda_mesh_normal > 0 and d.mesh_normal_rebake:
-                self.bake_mesh_normals()
+            self.bake_visibility()  # (the mesh normal target follows: rebakes_mesh_normals_at)
         elif stage == "joint":
             for group in self.optimizers["progress"].param_groups:
                 group["lr"] = d.lr_progress_joint
@@ -349,13 +347,18 @@ class PRDTrainer(Trainer):
         self.last_bake_s = time.perf_counter() - t0
 
     def rebakes_mesh_normals_at(self, step: int) -> bool:
-        """Whether the mesh normal target is extracted again before ``step`` trains, besides the
-        stage switches (``distill.mesh_normal_rebake_every`` steps apart from stage 3's first step)."""
+        """Whether the mesh normal target is extracted again before ``step`` trains (after the stage
+        switch, if one happens there): at stage 3's first step, then every
+        ``distill.mesh_normal_rebake_every`` steps through stage 4. (The first extraction, when stage
+        2 starts, belongs to that switch.)"""
         d = self.cfg.distill
-        if d.lambda_mesh_normal <= 0 or not d.mesh_normal_rebake or d.mesh_normal_rebake_every <= 0:
+        if d.lambda_mesh_normal <= 0 or not d.mesh_normal_rebake:
             return False
-        since = step - (self.schedule.radiance_steps + self.schedule.specular_steps + 1)  # > 0: stages 3-4
-        return since > 0 and since % d.mesh_normal_rebake_every == 0
+        since = step - (self.schedule.radiance_steps + self.schedule.specular_steps + 1)  # >= 0: stages 3-4
+        every = d.mesh_normal_rebake_every
+        if since == 0:
+            return self.schedule.switch_at(step) == "diffuse"  # (a run without stage 3 has no such switch)
+        return since > 0 and every > 0 and since % every == 0
 
     @torch.no_grad()
     def bake_mesh_normals(self) -> None:
