@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from invrender.distill.model import depth_to_normal, gaussian_normals, material_params, render_prd
 from invrender.distill.schedule import DistillConfig, PRDSchedule, blend_for, progress_override
@@ -103,6 +104,27 @@ def test_gaussian_normal_is_shortest_axis_facing_camera():
     assert torch.allclose(n, torch.tensor([0.0, 0.0, -1.0]).expand(8, 3))
     n = gaussian_normals(p, torch.tensor([0.0, 0.0, 3.0]))
     assert torch.allclose(n, torch.tensor([0.0, 0.0, 1.0]).expand(8, 3))
+
+
+def test_residual_normal_trains_instead_of_the_rotation():
+    from invrender.distill.model import NORMAL_RESIDUAL
+
+    # identity rotations, smallest scale along z: the axis is +z
+    params = {"means": torch.zeros(3, 3), "scales": torch.log(torch.tensor([[0.1, 0.1, 0.01]])).expand(3, 3),
+              "quats": torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(3, 1).requires_grad_(True)}
+    res = torch.zeros(3, 3, requires_grad=True)
+    params[NORMAL_RESIDUAL] = res
+    cam = torch.tensor([0.0, 0.0, 5.0])
+    torch.testing.assert_close(gaussian_normals(params, cam), torch.tensor([[0.0, 0.0, 1.0]]).expand(3, 3))
+    with torch.no_grad():
+        res.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, -0.5, 0.0], [0.0, 0.0, -3.0]]))
+    n = gaussian_normals(params, cam)
+    # normalize(axis + residual), then turned to face the camera
+    want = torch.tensor([[1.0, 0.0, 1.0], [0.0, -0.5, 1.0], [0.0, 0.0, 1.0]])
+    torch.testing.assert_close(n, F.normalize(want, dim=-1))
+    (n * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert float(res.grad.abs().sum()) > 0
+    assert params["quats"].grad is None  # the axis is not differentiated through
 
 
 def test_depth_normal_of_a_tilted_plane():
@@ -236,9 +258,15 @@ def test_stage_switches_do_what_prd_says(embedded_scene, tmp_path):
     assert t.optimizers["means"].param_groups[0]["lr"] < t.cfg.lr.means * t.extent * d.geometry_lr_scale * 1.0001
     albedo = torch.sigmoid(t.params["albedo"])
     assert torch.allclose(albedo, torch.full_like(albedo, 0.99), atol=0.02)  # one Adam step away from 0.99
+    # the residual normal: trained from 0 at its own rate, one Adam step in
+    res = t.params["normal_residual"]
+    assert res.shape == (n, 3) and t.optimizers["normal_residual"].param_groups[0]["lr"] == d.lr_normal_residual
+    assert 0 < float(res.detach().abs().max()) <= d.lr_normal_residual * 1.01
+    quats = t.params["quats"].detach().clone()
     for _ in range(3):
         t.train_step()
     assert t.params["means"].shape[0] == n  # no densification after stage 1: visibility stays aligned
+    assert not torch.equal(quats, t.params["quats"])  # the rotations still learn, from the images
     assert t.reflections is None  # stage 2 sees only the sky
     t.train_step()  # step 15: diffuse; metallic released from its stage-2 value
     from invrender.distill.model import view_dependence
@@ -321,6 +349,17 @@ def _half_view_dependent(t, roughness=None):
     t.params["shN"][: n // 2, 0] = 1.0
     if roughness is not None:
         t.params["roughness"].fill_(math.log(roughness / (1 - roughness)))
+
+
+def test_no_residual_normal_when_its_rate_is_zero(embedded_scene, tmp_path):
+    cfg = _cfg(embedded_scene, tmp_path / "r")
+    cfg.distill.lr_normal_residual = 0.0
+    t = PRDTrainer(cfg)
+    for _ in range(11):
+        t.train_step()
+    assert "albedo" in t.params and "normal_residual" not in t.params and "normal_residual" not in t.optimizers
+    with pytest.raises(ValueError, match="lr-normal-residual"):
+        DistillConfig(lr_normal_residual=-1e-3)
 
 
 def test_metallic_can_start_from_the_radiance_view_dependence(embedded_scene, tmp_path):

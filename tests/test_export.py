@@ -337,6 +337,33 @@ def test_ply_round_trip_recovers_every_parameter(tmp_path, rotated):
             torch.testing.assert_close(back[k], val, atol=2e-5, rtol=2e-5, msg=k)
 
 
+@pytest.mark.parametrize("rotated", [False, True])
+def test_ply_carries_the_residual_normal(tmp_path, rotated):
+    from plyfile import PlyData
+
+    from invrender.distill.model import NORMAL_RESIDUAL, gaussian_normals
+
+    R = _rotation([2, -1, 0.3], 70) if rotated else None
+    N = _normalization(0.5, (0.2, 0.1, -0.4), R)
+    params = _gaussians(40)
+    params[NORMAL_RESIDUAL] = 0.6 * torch.randn(40, 3, generator=torch.Generator().manual_seed(3))
+    path = write_gaussian_ply(tmp_path / "g.ply", params, N)
+    v = PlyData.read(str(path))["vertex"]
+    normals = torch.from_numpy(np.stack([v["nx"], v["ny"], v["nz"]], 1)).double()
+    cam = torch.tensor([0.0, 0.0, 50.0])
+    shaded = gaussian_normals(params, cam).double()  # what the run shades with, normalized frame
+    # the file's normals are those, turned into the capture frame (up to the side each one faces)
+    rot = torch.from_numpy(Similarity.from_matrix(N).rotation)
+    torch.testing.assert_close((normals @ rot.T * shaded).sum(-1).abs(), torch.ones(40, dtype=torch.float64),
+                               atol=1e-5, rtol=0)
+    back = read_gaussian_ply(path, N)
+    assert NORMAL_RESIDUAL in back
+    torch.testing.assert_close(gaussian_normals(back, cam).double(), shaded, atol=1e-5, rtol=0)
+    # without a residual the normals are the axes and nothing is invented on the way back
+    del params[NORMAL_RESIDUAL]
+    assert NORMAL_RESIDUAL not in read_gaussian_ply(write_gaussian_ply(tmp_path / "h.ply", params, N), N)
+
+
 def test_ply_low_sh_degree_is_padded_and_trimmed_and_materials_are_optional(tmp_path):
     from plyfile import PlyData
 

@@ -37,6 +37,7 @@ from invrender.splat.gaussians import project_with_colors
 from invrender.splat.project import Projected, quat_to_rotmat
 
 MATERIAL_NAMES = ("albedo", "roughness", "metallic", "progress")
+NORMAL_RESIDUAL = "normal_residual"  # optional per-Gaussian [N, 3] added to the shortest axis (gaussian_normals)
 
 # how the blend is decided, per training preset and stage (DESIGN.md, Data flow)
 BLEND_MODES = ("prd", "pbr", "radiance", "specular")
@@ -76,10 +77,17 @@ def view_dependence(sh0: Tensor, shN: Tensor) -> Tensor:
 
 def gaussian_normals(params: dict[str, Tensor], cam_center: Tensor) -> Tensor:
     """Unit normal per Gaussian ``[N, 3]``: the rotation axis of its smallest scale, flipped to face
-    the camera at ``cam_center`` [3]. Differentiable through the quaternion (the choice of axis is not)."""
+    the camera at ``cam_center`` [3]. Differentiable through the quaternion (the choice of axis is not).
+
+    With a learned ``normal_residual`` [N, 3] in ``params`` (GaussianShader's residual normal,
+    ``distill.lr_normal_residual``) the normal is ``normalize(axis + residual)`` before the flip,
+    and the axis is not differentiated: what trains the normal (the shading, the normal terms)
+    trains the residual and leaves the Gaussians' rotations to the images they render."""
     R = quat_to_rotmat(params["quats"])  # [N, 3, 3], columns are the local axes
     idx = params["scales"].detach().argmin(dim=-1)  # [N]
     n = R.gather(2, idx[:, None, None].expand(-1, 3, 1))[..., 0]  # [N, 3]
+    if NORMAL_RESIDUAL in params:
+        n = F.normalize(n.detach() + params[NORMAL_RESIDUAL], dim=-1)
     to_cam = cam_center - params["means"].detach()  # [N, 3]
     sign = torch.where((n * to_cam).sum(-1, keepdim=True) < 0, -1.0, 1.0)
     return n * sign

@@ -167,6 +167,15 @@ class DistillConfig:
     """Adam LR of the roughness logits."""
     lr_metallic: float = 2e-2
     """Adam LR of the metallic logits."""
+    lr_normal_residual: float = 3e-3
+    """Adam LR of a per-Gaussian residual added to the shortest-axis normal from stage 2 on
+    (GaussianShader's residual normal; :func:`invrender.distill.model.gaussian_normals`). The axis
+    is then not differentiated, so the normal terms and the shading train the residual and no longer
+    turn the Gaussians, whose rotations stay fitted to the images. 0: no residual, the normal is the
+    axis itself, as in PRD. Embedded scene, 2000 distillation steps from one stage-1 checkpoint (tenth
+    sweep of docs/bench/distill_sweep_toybox_2026-11-28.md): 0 / 1e-3 / 3e-3 / 1e-2 / 3e-2 relit at
+    25.24 / 25.30 / 25.35 / 25.07 / 24.82 dB, albedo 23.39 / 23.52 / 23.82 / 23.79 / 23.65 dB,
+    normals 7.29 / 6.93 / 6.91 / 7.06 / 7.20 deg, novel views 36.08 / 36.18 / 36.39 / 36.40 / 36.40 dB."""
     lr_progress: float = 2e-2
     """Adam LR of the progress logits in stages 2-3."""
     lr_progress_joint: float = 2e-3
@@ -195,6 +204,8 @@ class DistillConfig:
                              f"got {self.mesh_normal_rebake_every}")
         if self.mesh_normal_smoothing < 0:
             raise ValueError(f"distill.mesh-normal-smoothing must be >= 0 passes, got {self.mesh_normal_smoothing}")
+        if not self.lr_normal_residual >= 0:
+            raise ValueError(f"distill.lr-normal-residual must be >= 0 (0: no residual normal), got {self.lr_normal_residual}")
         for f in fields(self):  # a negative weight would reward what its term penalizes
             if f.name.startswith("lambda_") and not getattr(self, f.name) >= 0:
                 name = f.name.replace("_", "-")

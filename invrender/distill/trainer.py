@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from invrender.distill.model import MATERIAL_NAMES, material_params, render_prd
+from invrender.distill.model import MATERIAL_NAMES, NORMAL_RESIDUAL, material_params, render_prd
 from invrender.distill.schedule import PRDSchedule, blend_for, progress_override
 from invrender.metrics import psnr
 from invrender.shading.shadowing import DirectionalShadows
@@ -173,6 +173,9 @@ class PRDTrainer(Trainer):
         rates = self._material_rates(stage)
         for k in MATERIAL_NAMES:
             self.optimizers[k] = torch.optim.Adam([self.params[k]], lr=rates[k], eps=1e-15, fused=True)
+        if NORMAL_RESIDUAL in self.params:
+            self.optimizers[NORMAL_RESIDUAL] = torch.optim.Adam(
+                [self.params[NORMAL_RESIDUAL]], lr=self.cfg.distill.lr_normal_residual, eps=1e-15, fused=True)
 
     def state_dict(self) -> dict:
         sd = super().state_dict()
@@ -286,6 +289,8 @@ class PRDTrainer(Trainer):
             mats = material_params(n, d.albedo_init, d.roughness_init, d.metallic_init, d.progress_init, self.device)
             for k, p in mats.items():
                 self.params[k] = p
+            if d.lr_normal_residual > 0:  # starts at 0: the shortest axis, as stage 1 left it
+                self.params[NORMAL_RESIDUAL] = torch.nn.Parameter(torch.zeros(n, 3, device=self.device))
             self._make_light()
             self._make_material_optimizers(stage)
             for k in PARAM_NAMES:

@@ -12,10 +12,12 @@ reference's ``save_ply``::
   header's ``comment sh_degree <d>`` lets :func:`read_gaussian_ply` trim the padding again.
 - ``opacity`` is the logit, ``scale_*`` the log of the standard deviations, ``rot_*`` the
   unnormalized quaternion wxyz, colour = SH * coeffs + 0.5 in display space (all as 3DGS stores them).
-- ``nx ny nz`` are real normals (3DGS writes zeros): the axis of each Gaussian's smallest scale,
-  the normal PRD shades with. Its sign is ambiguous (a flat disc has two sides); the renderer
+- ``nx ny nz`` are real normals (3DGS writes zeros): the normal PRD shades with, the axis of each
+  Gaussian's smallest scale plus its learned residual when the run has one
+  (``distill.lr_normal_residual``). Its sign is ambiguous (a flat disc has two sides); the renderer
   flips it towards each camera, the file orients it away from the scene's centre (the median of the
-  Gaussian centres), which is right for the outer surface of an object capture.
+  Gaussian centres), which is right for the outer surface of an object capture. A file with the
+  material extras is read back with the residual that gives these normals again.
 - The material extras are the *activated* values in [0, 1] (linear albedo, perceptual roughness,
   metallic, PRD progress); viewers ignore properties they do not know.
 
@@ -41,6 +43,7 @@ from invrender.export.common import Similarity, rotate_quats, rotate_sh
 from invrender.splat.project import quat_to_rotmat
 
 MATERIAL_NAMES = ("albedo", "roughness", "metallic", "progress")  # as invrender.distill.model
+NORMAL_RESIDUAL = "normal_residual"  # as invrender.distill.model
 SH_REST_BASES = 15  # f_rest coefficients per channel in the file (degree 3)
 _MATERIAL_CHANNELS = {"albedo": 3, "roughness": 1, "metallic": 1, "progress": 1}
 # logits read back from activated float32 values saturate here instead of becoming infinite
@@ -74,6 +77,9 @@ def transform_gaussians(params: dict[str, Tensor], sim: Similarity) -> dict[str,
     out["means"] = (sim.scale * means.double() @ R.T + t).to(means.dtype)  # [N, 3]
     out["scales"] = params["scales"].detach() + math.log(sim.scale)  # [N, 3] log
     out["quats"] = rotate_quats(params["quats"], sim.rotation)  # [N, 4] wxyz
+    if NORMAL_RESIDUAL in params:  # a world-space vector: turned like the axes it is added to
+        out[NORMAL_RESIDUAL] = params[NORMAL_RESIDUAL].detach() @ torch.from_numpy(sim.rotation).to(
+            params[NORMAL_RESIDUAL].dtype).T
     if sim.has_rotation and params["shN"].shape[1] > 0:
         coeffs = torch.cat([params["sh0"], params["shN"]], dim=1).detach()  # [N, K, 3]
         rotated = rotate_sh(coeffs, sim.rotation)
@@ -82,12 +88,20 @@ def transform_gaussians(params: dict[str, Tensor], sim: Similarity) -> dict[str,
     return out
 
 
-def outward_normals(params: dict[str, Tensor]) -> Tensor:
-    """Unit normal per Gaussian ``[N, 3]``: the axis of its smallest scale (as PRD shades with),
-    oriented away from the median of the centres (a sign the file must choose; see the module docstring)."""
+def _shortest_axes(params: dict[str, Tensor]) -> Tensor:
+    """The axis of each Gaussian's smallest scale ``[N, 3]`` (float64, sign from the quaternion)."""
     R = quat_to_rotmat(params["quats"].detach().double())  # [N, 3, 3], columns = local axes
     idx = params["scales"].detach().argmin(dim=-1)  # [N]
-    n = R.gather(2, idx[:, None, None].expand(-1, 3, 1))[..., 0]  # [N, 3]
+    return R.gather(2, idx[:, None, None].expand(-1, 3, 1))[..., 0]
+
+
+def outward_normals(params: dict[str, Tensor]) -> Tensor:
+    """Unit normal per Gaussian ``[N, 3]``: the one PRD shades with (the axis of its smallest scale,
+    plus the learned residual when there is one: :func:`invrender.distill.model.gaussian_normals`),
+    oriented away from the median of the centres (a sign the file must choose; see the module docstring)."""
+    n = _shortest_axes(params)
+    if NORMAL_RESIDUAL in params:
+        n = torch.nn.functional.normalize(n + params[NORMAL_RESIDUAL].detach().double(), dim=-1)
     means = params["means"].detach().double()
     centre = means.median(dim=0).values  # [3]; robust to floaters, unlike the mean
     sign = torch.where(((means - centre) * n).sum(-1, keepdim=True) < 0, -1.0, 1.0)
@@ -197,6 +211,14 @@ def read_gaussian_ply(path: Path, normalization=None) -> dict[str, Tensor]:
     if all(k in names for keys in mat_cols.values() for k in keys):
         for name, keys in mat_cols.items():
             params[name] = torch.logit(col(*keys).double().clamp(_EPS, 1 - _EPS)).float()
+        if all(k in names for k in ("nx", "ny", "nz")):
+            # the residual that turns each shortest axis into the written normal (normalize(axis +
+            # (n - axis)) = n), when some normal is not its axis; a normal of zero length (a file
+            # from elsewhere) keeps the axis
+            n, axes = col("nx", "ny", "nz").double(), _shortest_axes(params)
+            ok = n.norm(dim=-1, keepdim=True) > 0.5
+            if bool(((n * axes).sum(-1).abs() < 1 - 1e-4)[ok[:, 0]].any()):
+                params[NORMAL_RESIDUAL] = torch.where(ok, n - axes, 0.0).float()
     if normalization is not None:
         params = transform_gaussians(params, Similarity.from_matrix(normalization))
     return params
