@@ -165,7 +165,8 @@ def read_gaussian_ply(path: Path, normalization=None) -> dict[str, Tensor]:
     ``means`` [N, 3], ``scales`` [N, 3] log, ``quats`` [N, 4] wxyz, ``opacities`` [N] logit, ``sh0``
     [N, 1, 3], ``shN`` [N, K-1, 3] (trimmed to the header's ``sh_degree`` when it has one), plus
     the material logits ``albedo`` [N, 3], ``roughness`` / ``metallic`` / ``progress`` [N, 1]
-    when the file has them. With ``normalization`` [4, 4] (capture -> normalized) the Gaussians are
+    when the file has them, and with them ``normal_residual`` [N, 3] when its normals are not the
+    Gaussians' shortest axes (a run trained with the residual normal). With ``normalization`` [4, 4] (capture -> normalized) the Gaussians are
     moved into the normalized frame, undoing what :func:`write_gaussian_ply` did. float32, CPU."""
     from plyfile import PlyData  # noqa: PLC0415
 
