@@ -34,7 +34,7 @@ from invrender.shading.shadowing import DirectionalShadows, bounce_visibility, i
 from invrender.shading.tonemap import tonemap
 from invrender.splat.composite import composite
 from invrender.splat.gaussians import project_with_colors
-from invrender.splat.project import Projected, quat_to_rotmat
+from invrender.splat.project import Projected, shortest_axes
 
 MATERIAL_NAMES = ("albedo", "roughness", "metallic", "progress")
 NORMAL_RESIDUAL = "normal_residual"  # optional per-Gaussian [N, 3] added to the shortest axis (gaussian_normals)
@@ -83,11 +83,11 @@ def gaussian_normals(params: dict[str, Tensor], cam_center: Tensor) -> Tensor:
     ``distill.lr_normal_residual``) the normal is ``normalize(axis + residual)`` before the flip,
     and the axis is not differentiated: what trains the normal (the shading, the normal terms)
     trains the residual and leaves the Gaussians' rotations to the images they render."""
-    R = quat_to_rotmat(params["quats"])  # [N, 3, 3], columns are the local axes
-    idx = params["scales"].detach().argmin(dim=-1)  # [N]
-    n = R.gather(2, idx[:, None, None].expand(-1, 3, 1))[..., 0]  # [N, 3]
-    if NORMAL_RESIDUAL in params:
-        n = F.normalize(n.detach() + params[NORMAL_RESIDUAL], dim=-1)
+    residual = params.get(NORMAL_RESIDUAL)
+    quats = params["quats"] if residual is None else params["quats"].detach()
+    n = shortest_axes(quats, params["scales"])  # [N, 3]
+    if residual is not None:
+        n = F.normalize(n + residual, dim=-1)
     to_cam = cam_center - params["means"].detach()  # [N, 3]
     sign = torch.where((n * to_cam).sum(-1, keepdim=True) < 0, -1.0, 1.0)
     return n * sign

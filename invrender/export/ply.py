@@ -40,7 +40,7 @@ from torch import Tensor
 
 from invrender.checkpoint import atomic_write_bytes
 from invrender.export.common import Similarity, rotate_quats, rotate_sh
-from invrender.splat.project import quat_to_rotmat
+from invrender.splat.project import shortest_axes
 
 MATERIAL_NAMES = ("albedo", "roughness", "metallic", "progress")  # as invrender.distill.model
 NORMAL_RESIDUAL = "normal_residual"  # as invrender.distill.model
@@ -89,10 +89,8 @@ def transform_gaussians(params: dict[str, Tensor], sim: Similarity) -> dict[str,
 
 
 def _shortest_axes(params: dict[str, Tensor]) -> Tensor:
-    """The axis of each Gaussian's smallest scale ``[N, 3]`` (float64, sign from the quaternion)."""
-    R = quat_to_rotmat(params["quats"].detach().double())  # [N, 3, 3], columns = local axes
-    idx = params["scales"].detach().argmin(dim=-1)  # [N]
-    return R.gather(2, idx[:, None, None].expand(-1, 3, 1))[..., 0]
+    """:func:`~invrender.splat.project.shortest_axes` of ``params`` in float64, detached."""
+    return shortest_axes(params["quats"].detach().double(), params["scales"])
 
 
 def outward_normals(params: dict[str, Tensor]) -> Tensor:

@@ -60,6 +60,15 @@ def quat_to_rotmat(quats: Tensor) -> Tensor:
     ).reshape(q.shape[:-1] + (3, 3))
 
 
+def shortest_axes(quats: Tensor, scales: Tensor) -> Tensor:
+    """The local axis of each Gaussian's smallest scale ``[N, 3]`` (world space, sign from the
+    quaternion) from quats [N, 4] (wxyz, unnormalized) and scales [N, 3] (log or activated: only
+    their order is read). Differentiable through ``quats``; the choice of axis is not."""
+    R = quat_to_rotmat(quats)  # [N, 3, 3], columns are the local axes
+    idx = scales.detach().argmin(dim=-1)  # [N]
+    return R.gather(2, idx[:, None, None].expand(-1, 3, 1))[..., 0]
+
+
 def covariance_3d(quats: Tensor, scales: Tensor) -> Tensor:
     """World covariance R S S^T R^T [N, 3, 3] from quats [N, 4] (wxyz) and scales [N, 3] (activated)."""
     M = quat_to_rotmat(quats) * scales[..., None, :]  # [N, 3, 3] = R S
