@@ -114,6 +114,8 @@ class ExportConfig:
     """Rows of the equirectangular environment map (its width is twice this)."""
     up: Literal["z", "y"] = "z"
     """The capture's up axis; glb files rotate it onto glTF's +Y up (z: NeRF-synthetic / TensoIR / Blender)."""
+    glb_prd: bool = True
+    """glb: also write the INVRENDER_materials_prd extension (progress, radiance, SH, shadows; viewers skip it)."""
 
 
 def _train(cfg: TrainConfig) -> None:
@@ -166,7 +168,8 @@ def _mesh(cfg: MeshCommandConfig) -> None:
 def _export(cfg: ExportConfig) -> None:
     from invrender.export.run import export_run  # noqa: PLC0415
 
-    paths = export_run(cfg.run, cfg.format, cfg.out, envmap_height=cfg.envmap_height, up=cfg.up)
+    paths = export_run(cfg.run, cfg.format, cfg.out, envmap_height=cfg.envmap_height, up=cfg.up,
+                       glb_prd=cfg.glb_prd)
     extra = f" (+ {len(paths) - 1} files beside it)" if len(paths) > 1 else ""
     print(f"wrote {cfg.format} export to {paths[-1]}{extra}")
 

@@ -17,7 +17,7 @@ from invrender.cli import main as cli_main
 from invrender.distill.model import material_params
 from invrender.export.common import Similarity, rotate_quats, rotate_sh, rotmat_to_quat
 from invrender.export.envmap import envmap_image
-from invrender.export.gltf import Z_UP_TO_Y_UP, write_glb
+from invrender.export.gltf import PRD_EXTENSION, Z_UP_TO_Y_UP, read_glb, write_glb
 from invrender.export.obj import write_obj
 from invrender.export.ply import SH_REST_BASES, ply_property_names, read_gaussian_ply, write_gaussian_ply
 from invrender.export.run import export_run
@@ -25,7 +25,7 @@ from invrender.mesh.textured import TexturedMesh, mesh_path
 from invrender.shading.envmap import read_hdr
 from invrender.shading.light import EnvironmentLight
 from invrender.splat.project import quat_to_rotmat
-from invrender.splat.sh import eval_sh
+from invrender.splat.sh import eval_sh, sh_basis
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_DIR = ROOT / ".ci" / "node"  # `npm install --prefix .ci/node gltf-validator` (.ci/run does it)
@@ -168,6 +168,61 @@ def test_glb_structure_positions_in_the_capture_frame(tmp_path):
     assert doc["accessors"][prim["indices"]]["componentType"] == 5125  # uint32
 
 
+def _with_radiance_sh_and_shadows(mesh: TexturedMesh, seed: int = 1) -> TexturedMesh:
+    """``mesh`` given per-vertex radiance SH (degree 2) and a degree-3 shadowing record [V, 33]."""
+    g = torch.Generator().manual_seed(seed)
+    v = mesh.vertices.shape[0]
+    mesh.radiance_sh = torch.randn(v, 8, 3, generator=g) * 0.2
+    mesh.visibility = torch.cat([torch.randn(v, 32, generator=g), torch.rand(v, 1, generator=g)], dim=1)
+    mesh.validate()
+    return mesh
+
+
+def test_glb_prd_extension_round_trips_in_a_rotated_frame(tmp_path):
+    R = _rotation([1, -2, 0.5], 35)  # capture -> normalized
+    mesh, _ = _cube(_normalization(0.5, (0.1, -0.2, 0.3), R), size=16)
+    mesh = _with_radiance_sh_and_shadows(mesh)
+    path = write_glb(tmp_path / "cube.glb", mesh)
+    doc, _ = _glb_json(path.read_bytes())
+    assert doc["extensionsUsed"] == [PRD_EXTENSION] and "extensionsRequired" not in doc  # viewers may skip it
+    ext = doc["materials"][0]["extensions"][PRD_EXTENSION]
+    assert ext["visibilityChannels"] == 33 and len(ext["visibilityAttributes"]) == 9  # VEC4s, last one padded
+    assert len(ext["radianceShAttributes"]) == 8
+    assert all(a.startswith("_") for a in doc["meshes"][0]["primitives"][0]["attributes"] if a not in
+               ("POSITION", "NORMAL", "TEXCOORD_0"))  # glTF's application-specific attributes
+
+    # read back in the training frame: everything the run had, the textures to 8 bits
+    back = read_glb(path, mesh.normalization)
+    assert float((back.progress - mesh.progress).abs().max()) <= 0.5 / 255 + 1e-6
+    assert float((back.radiance - mesh.radiance).abs().max()) <= 0.5 / 255 + 1e-6
+    torch.testing.assert_close(back.radiance_sh, mesh.radiance_sh, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(back.visibility, mesh.visibility, atol=1e-5, rtol=1e-5)
+
+    # in the file the SH live in the capture's frame: the colour seen along a capture direction d is
+    # the trained one along R d (not the same coefficients, as the rotation is not trivial)
+    cap = read_glb(path)  # identity normalization: the file's own frame
+    d = torch.nn.functional.normalize(torch.randn(24, 3, dtype=torch.float64), dim=-1)
+    seen_cap = torch.einsum("vk,vkc->vc", sh_basis(2, d)[:, 1:], cap.radiance_sh.double())
+    seen_run = torch.einsum("vk,vkc->vc", sh_basis(2, d @ torch.from_numpy(R).T)[:, 1:], mesh.radiance_sh.double())
+    torch.testing.assert_close(seen_cap, seen_run, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(cap.radiance_sh, mesh.radiance_sh, atol=1e-2)
+    # a shadowing record's share of a light is the same for the light rotated along with it
+    light = torch.randn(16, dtype=torch.float64)
+    light_cap = rotate_sh(light[None, :, None], R.T)[0, :, 0]  # the same sky in the capture's axes
+    share = lambda rec, L: (rec[:, :16] @ L) / (rec[:, 16:32] @ L)  # noqa: E731
+    torch.testing.assert_close(share(cap.visibility.double(), light_cap), share(mesh.visibility.double(), light),
+                               atol=1e-3, rtol=1e-3)
+
+    # what another viewer gets: the physically based material alone
+    core = read_glb(path, mesh.normalization, prd=False)
+    assert torch.equal(core.progress, torch.ones_like(core.progress)) and not core.radiance.any()
+    assert core.radiance_sh is None and core.visibility.shape[1] == 1  # the occlusion texture
+    # a file written without the extension reads the same way
+    plain = read_glb(write_glb(tmp_path / "plain.glb", mesh, prd=False), mesh.normalization)
+    assert plain.radiance_sh is None and torch.equal(plain.progress, core.progress)
+    assert "extensionsUsed" not in _glb_json((tmp_path / "plain.glb").read_bytes())[0]
+
+
 def test_glb_reloads_with_trimesh(tmp_path):
     trimesh = pytest.importorskip("trimesh", reason="trimesh (the [dev] extra) is not installed")
     mesh, v_cap = _cube(_normalization(), size=16)
@@ -214,6 +269,7 @@ def test_glb_passes_the_khronos_validator(tmp_path, up):
     module = _validator_module()
     mesh, _ = _cube(_normalization(0.5, (0.1, -0.2, 0.3), _rotation([1, 1, 0], 25)), size=32)
     mesh.normals[0] = 0.0  # a degenerate normal (decimation fins make them): glTF needs unit ones
+    mesh = _with_radiance_sh_and_shadows(mesh)  # the PRD extension's attributes and textures too
     path = write_glb(tmp_path / "cube.glb", mesh, up=up)
     script = tmp_path / "validate.js"
     script.write_text(_VALIDATE_JS)
@@ -455,6 +511,11 @@ def test_cli_exports_every_format_from_a_run(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
         "m.mtl", "m.obj", "m_albedo.png", "m_metallic.png", "m_roughness.png"]
     assert read_hdr(tmp_path / "d" / "l.exr").shape == (8, 16, 3)
+    # the glb carries the PRD extension unless asked not to
+    assert _glb_json((tmp_path / "a" / "m.glb").read_bytes())[0]["extensionsUsed"] == [PRD_EXTENSION]
+    code, _, err = _cli(capsys, "--run", run, "--format", "glb", "--out", tmp_path / "core.glb", "--no-glb-prd")
+    assert code == 0, err
+    assert "extensionsUsed" not in _glb_json((tmp_path / "core.glb").read_bytes())[0]
 
 
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):

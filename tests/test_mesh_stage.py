@@ -287,9 +287,14 @@ def test_mesh_stage_end_to_end_cli(embedded_scene, tmp_path):
     assert torch.allclose(back.vertices, again.vertices, atol=1e-5) and torch.equal(back.faces, again.faces)
     assert float((back.roughness - again.roughness).abs().max()) <= 0.5 / 255 + 1e-6
     assert float((back.albedo - again.albedo).abs().max()) < 0.01  # sRGB 8-bit steps stay below 1 %
+    # the PRD extension brings back the progress, radiance and the run's shadowing record
+    assert float((back.progress - again.progress).abs().max()) <= 0.5 / 255 + 1e-6
+    assert torch.allclose(back.visibility, again.visibility, atol=1e-5)
     res = glb_roundtrip_relight(run, max_views=2)
-    assert res["views"] == 2 and math.isfinite(res["difference_db"])
-    assert set(res["trained"]) == set(res["envs"]) | {"mean"}
+    assert res["views"] == 2 and math.isfinite(res["difference_db"]) and math.isfinite(res["viewer_difference_db"])
+    assert set(res["trained"]) == set(res["envs"]) | {"mean"} == set(res["viewer"])
+    # read back whole, the file relights as the trained mesh does, up to its 8-bit textures
+    assert abs(res["difference_db"]) < 0.5, res
 
     # the relight CLI renders the mesh
     out = tmp_path / "relit"
@@ -322,7 +327,7 @@ def test_vertex_values_baked_into_the_atlas_and_the_glb_occlusion(tmp_path):
     mesh = TexturedMesh(v, f, uv, n, albedo=torch.full((T, T, 3), 0.5), roughness=torch.full((T, T, 1), 0.4),
                         metallic=torch.zeros(T, T, 1), progress=torch.ones(T, T, 1), radiance=torch.zeros(T, T, 3),
                         normalization=torch.eye(4), visibility=vis)
-    back = read_glb(write_glb(tmp_path / "q.glb", mesh))
+    back = read_glb(write_glb(tmp_path / "q.glb", mesh), prd=False)  # the occlusion texture, as viewers read it
     assert back.visibility is not None
     # read bilinearly at the vertex UVs (texel-centre clamped at the atlas border): within a texel's slope
     assert torch.allclose(back.visibility, vis, atol=0.7 / T + 1 / 255)
@@ -333,6 +338,6 @@ def test_vertex_values_baked_into_the_atlas_and_the_glb_occlusion(tmp_path):
     mesh = TexturedMesh(v, f, uv, n, albedo=torch.full((T, T, 3), 0.5), roughness=torch.full((T, T, 1), 0.4),
                         metallic=torch.zeros(T, T, 1), progress=torch.ones(T, T, 1), radiance=torch.zeros(T, T, 3),
                         normalization=torch.eye(4), visibility=record)
-    back = read_glb(write_glb(tmp_path / "r.glb", mesh))
+    back = read_glb(write_glb(tmp_path / "r.glb", mesh), prd=False)
     expect = ao + 0.25 * (1 - ao)
     assert torch.allclose(back.visibility, expect, atol=0.7 / T + 1 / 255)

@@ -20,8 +20,24 @@ What the file holds (one scene, one node, one mesh, one primitive, one material)
   the object upright and Blender's importer (which converts +Y up back to +Z up) places it exactly
   at the capture's coordinates. ``up="y"`` leaves the node without rotation.
 
-The mesh's progress and radiance textures have no place in core glTF and are not written; the
-material's ``extras`` says so, for anyone who wonders where they went.
+The rest of the run's mesh, which core glTF has no place for, goes into a vendor extension,
+``INVRENDER_materials_prd`` (named in ``extensionsUsed``, not ``extensionsRequired``: viewers skip
+it and show the physically based material above). On the material it holds
+
+- ``progressTexture``: the PRD progress map (8-bit grey PNG, linear), the per-texel weight of the
+  physically based colour against the radiance colour;
+- ``radianceTexture``: the view-independent radiance colour (8-bit RGB PNG, display space, as the
+  mesh stage keeps it);
+- ``radianceShAttributes``: names of per-vertex ``VEC3`` float attributes (``_RADIANCE_SH_<j>``,
+  glTF's application-specific attributes), the view-dependent radiance SH coefficient ``j >= 1``
+  per colour, rotated into the capture's frame;
+- ``visibilityAttributes`` and ``visibilityChannels``: the per-vertex visibility of the diffuse
+  term (a shadowing transfer record, :mod:`invrender.shading.shadowing`, its SH rotated into the
+  capture's frame, or an ambient value) packed four channels to a ``VEC4`` float attribute
+  (``_VISIBILITY_<j>``), the last one padded with zeros;
+
+each only when the mesh has it. :func:`read_glb` reads them back, so the file re-imported into
+invrender renders as the trained run did, prd blend and shadows included.
 """
 
 from __future__ import annotations
@@ -36,8 +52,9 @@ import torch
 
 from invrender.color import linear_to_srgb
 from invrender.checkpoint import atomic_write_bytes
+from invrender.export.common import Similarity, rotate_sh
 from invrender.image_io import encode_png
-from invrender.shading.shadowing import ambient_visibility
+from invrender.shading.shadowing import RECORD_SH_SIZES, ambient_visibility, record_degree
 
 GLB_MAGIC = 0x46546C67  # "glTF"
 CHUNK_JSON = 0x4E4F534A  # "JSON"
@@ -47,6 +64,7 @@ ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER = 34962, 34963
 LINEAR, LINEAR_MIPMAP_LINEAR, CLAMP_TO_EDGE = 9729, 9987, 33071
 # glTF's node rotation (x, y, z, w) taking +Z up to +Y up: -90 degrees about X, (x, y, z) -> (x, z, -y)
 Z_UP_TO_Y_UP = [-math.sqrt(0.5), 0.0, 0.0, math.sqrt(0.5)]
+PRD_EXTENSION = "INVRENDER_materials_prd"  # progress, radiance and visibility (module docstring)
 
 
 def _pad4(b: bytes, fill: bytes = b"\0") -> bytes:
@@ -94,8 +112,41 @@ def mesh_arrays(mesh) -> dict[str, np.ndarray]:
     }
 
 
-def glb_bytes(mesh, name: str = "invrender", up: str = "z") -> bytes:
-    """The binary glTF of a textured mesh (see the module docstring); ``up``: the capture's up axis."""
+def _record_to_frame(visibility: torch.Tensor, rotation: np.ndarray) -> torch.Tensor:
+    """A per-vertex visibility ``[V, C]`` seen in a frame rotated by ``rotation``: a transfer
+    record's two SH projections are rotated (their dot product with a light rotated alike is
+    unchanged), its fill and any ambient visibility are kept."""
+    degree = record_degree(visibility)
+    if degree is None:
+        return visibility.clone()
+    k = RECORD_SH_SIZES[degree - 1]
+    sh = visibility[:, :2 * k].reshape(-1, 2, k).transpose(1, 2)  # [V, K, 2]: T and U as two "colours"
+    rotated = rotate_sh(sh, rotation).transpose(1, 2).reshape(-1, 2 * k)
+    return torch.cat([rotated, visibility[:, 2 * k:]], dim=1)
+
+
+def prd_arrays(mesh) -> dict[str, np.ndarray]:
+    """What :data:`PRD_EXTENSION` stores of a mesh: ``progress`` [T, T] and ``radiance`` [T, T, 3]
+    as uint8; ``radiance_sh`` [V, K - 1, 3] and ``visibility`` [V, C] float32 in the capture's
+    frame, when the mesh has them."""
+    out = {
+        "progress": np.rint(np.clip(mesh.progress.detach().double().cpu().numpy()[..., 0], 0, 1) * 255).astype(np.uint8),
+        "radiance": np.rint(np.clip(mesh.radiance.detach().double().cpu().numpy(), 0, 1) * 255).astype(np.uint8),
+    }
+    to_capture = Similarity.from_matrix(mesh.normalization.double()).inverse().rotation
+    if getattr(mesh, "radiance_sh", None) is not None:
+        sh = mesh.radiance_sh.detach().cpu().double()  # [V, K - 1, 3], degrees >= 1
+        full = torch.cat([torch.zeros_like(sh[:, :1]), sh], dim=1)  # the DC slot, for the rotation
+        out["radiance_sh"] = rotate_sh(full, to_capture)[:, 1:].numpy().astype(np.float32)
+    if getattr(mesh, "visibility", None) is not None:
+        vis = _record_to_frame(mesh.visibility.detach().cpu().double(), to_capture)
+        out["visibility"] = vis.numpy().astype(np.float32)
+    return out
+
+
+def glb_bytes(mesh, name: str = "invrender", up: str = "z", prd: bool = True) -> bytes:
+    """The binary glTF of a textured mesh (see the module docstring); ``up``: the capture's up
+    axis; ``prd``: also write :data:`PRD_EXTENSION` (progress, radiance, visibility)."""
     if up not in ("z", "y"):
         raise ValueError(f"up must be 'z' or 'y', got {up!r}")
     arr = mesh_arrays(mesh)
@@ -127,6 +178,34 @@ def glb_bytes(mesh, name: str = "invrender", up: str = "z") -> bytes:
         {"bufferView": add_view(encode_png(base_img), None), "mimeType": "image/png", "name": "baseColor"},
         {"bufferView": add_view(encode_png(mr_img), None), "mimeType": "image/png", "name": "metallicRoughness"},
     ]
+    attributes = {"POSITION": 0, "NORMAL": 1, "TEXCOORD_0": 2}
+    material_ext: dict = {}
+    if prd:
+        extra = prd_arrays(mesh)
+
+        def add_attribute(semantic: str, values: np.ndarray) -> str:
+            values = np.ascontiguousarray(values, dtype=np.float32)
+            accessors.append({"bufferView": add_view(values.tobytes(), ARRAY_BUFFER), "componentType": FLOAT,
+                              "count": len(values), "type": {3: "VEC3", 4: "VEC4"}[values.shape[1]]})
+            attributes[semantic] = len(accessors) - 1
+            return semantic
+
+        for key, label in (("progress", "progress"), ("radiance", "radiance")):
+            images.append({"bufferView": add_view(encode_png(extra[key]), None), "mimeType": "image/png",
+                           "name": label})
+            material_ext[f"{key}Texture"] = {"index": len(images) - 1}
+        if "radiance_sh" in extra:
+            sh = extra["radiance_sh"]
+            material_ext["radianceShAttributes"] = [add_attribute(f"_RADIANCE_SH_{j + 1}", sh[:, j])
+                                                    for j in range(sh.shape[1])]
+        if "visibility" in extra:
+            vis = extra["visibility"]
+            c = vis.shape[1]
+            padded = np.zeros((len(vis), -(-c // 4) * 4), np.float32)
+            padded[:, :c] = vis
+            material_ext["visibilityAttributes"] = [add_attribute(f"_VISIBILITY_{j}", padded[:, 4 * j:4 * j + 4])
+                                                    for j in range(padded.shape[1] // 4)]
+            material_ext["visibilityChannels"] = c
     node: dict = {"mesh": 0, "name": name}
     if up == "z":
         node["rotation"] = Z_UP_TO_Y_UP
@@ -135,10 +214,7 @@ def glb_bytes(mesh, name: str = "invrender", up: str = "z") -> bytes:
         "scene": 0,
         "scenes": [{"nodes": [0]}],
         "nodes": [node],
-        "meshes": [{"name": name, "primitives": [{
-            "attributes": {"POSITION": 0, "NORMAL": 1, "TEXCOORD_0": 2},
-            "indices": 3, "material": 0, "mode": 4,
-        }]}],
+        "meshes": [{"name": name, "primitives": [{"attributes": attributes, "indices": 3, "material": 0, "mode": 4}]}],
         "materials": [{
             "name": name,
             "pbrMetallicRoughness": {
@@ -148,9 +224,9 @@ def glb_bytes(mesh, name: str = "invrender", up: str = "z") -> bytes:
                 "roughnessFactor": 1.0,
             },
             **({"occlusionTexture": {"index": 1}} if getattr(mesh, "visibility", None) is not None else {}),
-            "extras": {"invrender": "progress and radiance textures are not part of glTF and were not exported"},
+            **({"extensions": {PRD_EXTENSION: material_ext}} if material_ext else {}),
         }],
-        "textures": [{"sampler": 0, "source": 0}, {"sampler": 0, "source": 1}],
+        "textures": [{"sampler": 0, "source": i} for i in range(len(images))],
         "images": images,
         "samplers": [{"magFilter": LINEAR, "minFilter": LINEAR_MIPMAP_LINEAR,
                       "wrapS": CLAMP_TO_EDGE, "wrapT": CLAMP_TO_EDGE}],
@@ -158,6 +234,8 @@ def glb_bytes(mesh, name: str = "invrender", up: str = "z") -> bytes:
         "bufferViews": views,
         "buffers": [{"byteLength": sum(len(b) for b in blobs)}],
     }
+    if material_ext:
+        doc["extensionsUsed"] = [PRD_EXTENSION]
     bin_chunk = b"".join(blobs)  # already 4-aligned
     json_chunk = _pad4(json.dumps(doc, separators=(",", ":")).encode("utf-8"), b" ")  # the spec pads JSON with spaces
     total = 12 + 8 + len(json_chunk) + 8 + len(bin_chunk)
@@ -168,25 +246,30 @@ def glb_bytes(mesh, name: str = "invrender", up: str = "z") -> bytes:
     ])
 
 
-def write_glb(path: Path, mesh, up: str = "z") -> Path:
-    """Write ``mesh`` (:class:`~invrender.mesh.textured.TexturedMesh`) as a .glb, atomically."""
+def write_glb(path: Path, mesh, up: str = "z", prd: bool = True) -> Path:
+    """Write ``mesh`` (:class:`~invrender.mesh.textured.TexturedMesh`) as a .glb, atomically
+    (``prd``: with :data:`PRD_EXTENSION`)."""
     path = Path(path)
-    return atomic_write_bytes(path, glb_bytes(mesh, name=path.stem or "invrender", up=up), shared=True)
+    return atomic_write_bytes(path, glb_bytes(mesh, name=path.stem or "invrender", up=up, prd=prd), shared=True)
 
 
 _COMPONENTS = {5126: np.float32, 5125: np.uint32, 5123: np.uint16, 5121: np.uint8}
 _WIDTH = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}
 
 
-def read_glb(path: Path, normalization: torch.Tensor | None = None):
+def read_glb(path: Path, normalization: torch.Tensor | None = None, prd: bool = True):
     """Read a single-primitive, textured metallic-roughness .glb (as :func:`write_glb` writes and
     most tools export) back into a :class:`~invrender.mesh.textured.TexturedMesh`: positions as
     stored in the buffer (the node's up-axis rotation is a viewing convention and is not applied),
     mapped into the training frame by ``normalization`` (capture -> normalized; identity if None);
     base colour decoded from sRGB to linear; roughness and metallic from G and B times their
-    factors; the occlusion texture, when there is one, read at the vertices as their visibility;
-    progress 1 and radiance 0 (the file holds only the physically based material), so it renders
-    as the ``pbr`` blend. Clear ``ValueError`` naming the file on anything else."""
+    factors; the occlusion texture, when there is one, read at the vertices as their visibility.
+
+    With ``prd`` and a file that carries :data:`PRD_EXTENSION`, its progress and radiance
+    textures, radiance SH and visibility come back too (SH rotated into the training frame), and
+    the mesh renders as the run it was exported from. Otherwise (``prd=False``: what a glTF viewer
+    sees, or a file from another tool) progress is 1 and radiance 0, so it renders as the ``pbr``
+    blend. Clear ``ValueError`` naming the file on anything else."""
     import io  # noqa: PLC0415
 
     from PIL import Image  # noqa: PLC0415
@@ -255,6 +338,29 @@ def read_glb(path: Path, normalization: torch.Tensor | None = None):
     n = torch.from_numpy(nrm)
     inv_t = torch.linalg.inv(norm.double()[:3, :3]).T.float()  # normals go by the inverse transpose
     t = base.shape[0]
+    progress, radiance, radiance_sh = torch.ones(t, t, 1), torch.zeros(t, t, 3), None
+    ext = mat.get("extensions", {}).get(PRD_EXTENSION) if prd else None
+    if ext is not None:
+        try:
+            to_train = Similarity.from_matrix(norm.double()).rotation
+            progress = torch.from_numpy(image(ext["progressTexture"])[..., :1].copy())
+            radiance = torch.from_numpy(image(ext["radianceTexture"]).copy())
+            if progress.shape[:2] != (t, t) or radiance.shape[:2] != (t, t):
+                raise ValueError(f"{path}: {PRD_EXTENSION} textures {tuple(progress.shape[:2])} and "
+                                 f"{tuple(radiance.shape[:2])} must match the base colour's {(t, t)}")
+            if "radianceShAttributes" in ext:
+                sh = torch.from_numpy(np.stack([accessor(attrs[a]) for a in ext["radianceShAttributes"]], axis=1))
+                full = torch.cat([torch.zeros_like(sh[:, :1]), sh], dim=1).double()  # [V, K, 3]
+                radiance_sh = rotate_sh(full, to_train)[:, 1:].float()
+            if "visibilityAttributes" in ext:
+                packed = np.concatenate([accessor(attrs[a]) for a in ext["visibilityAttributes"]], axis=1)
+                record = torch.from_numpy(packed[:, :int(ext["visibilityChannels"])].copy()).double()
+                vis = _record_to_frame(record, to_train).float()
+        except (KeyError, IndexError, TypeError) as e:
+            raise ValueError(f"{path}: malformed {PRD_EXTENSION} extension ({e!r})") from e
+        for name, arr in (("radiance SH", radiance_sh), ("visibility", vis)):
+            if arr is not None and arr.shape[0] != len(pos):
+                raise ValueError(f"{path}: {PRD_EXTENSION} {name} has {arr.shape[0]} vertices, the mesh {len(pos)}")
     return TexturedMesh(
         vertices=(p @ norm[:3, :3].T + norm[:3, 3]).contiguous(),
         faces=torch.from_numpy(faces),
@@ -263,8 +369,9 @@ def read_glb(path: Path, normalization: torch.Tensor | None = None):
         albedo=srgb_to_linear(torch.from_numpy(base)).clamp(0, 1),
         roughness=torch.from_numpy(mr[..., 1:2] * float(pbr.get("roughnessFactor", 1.0))).clamp(0, 1),
         metallic=torch.from_numpy(mr[..., 2:3] * float(pbr.get("metallicFactor", 1.0))).clamp(0, 1),
-        progress=torch.ones(t, t, 1),
-        radiance=torch.zeros(t, t, 3),
+        progress=progress,
+        radiance=radiance,
         normalization=norm,
         visibility=vis,
+        radiance_sh=radiance_sh,
     )

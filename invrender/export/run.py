@@ -49,10 +49,12 @@ def _load_mesh(run_dir: Path):
     return TexturedMesh.load(path)
 
 
-def export_run(run_dir: Path, fmt: str, out: Path, *, envmap_height: int = 256, up: str = "z") -> list[Path]:
+def export_run(run_dir: Path, fmt: str, out: Path, *, envmap_height: int = 256, up: str = "z",
+               glb_prd: bool = True) -> list[Path]:
     """Export ``run_dir`` as ``fmt`` (one of :data:`FORMATS`) to ``out``; returns the files written
     (the main file last). ``envmap_height``: rows of the equirectangular map (width = 2 x height).
-    ``up``: the capture's up axis, for glTF's +Y-up world (see :mod:`invrender.export.gltf`)."""
+    ``up``: the capture's up axis, for glTF's +Y-up world (see :mod:`invrender.export.gltf`);
+    ``glb_prd``: write the glb's ``INVRENDER_materials_prd`` extension."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r} (choose one of: {', '.join(FORMATS)})")
     run_dir, out = Path(run_dir), Path(out)
@@ -81,7 +83,7 @@ def export_run(run_dir: Path, fmt: str, out: Path, *, envmap_height: int = 256, 
         if fmt == "glb":
             from invrender.export.gltf import write_glb  # noqa: PLC0415
 
-            return [write_glb(out, mesh, up=up)]
+            return [write_glb(out, mesh, up=up, prd=glb_prd)]
         if fmt == "obj":
             from invrender.export.obj import write_obj  # noqa: PLC0415
 
