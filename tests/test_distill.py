@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from invrender.distill.model import depth_to_normal, gaussian_normals, material_params, render_prd
 from invrender.distill.schedule import DistillConfig, PRDSchedule, blend_for, progress_override
 from invrender.distill.trainer import (
-    PRDTrainer, edge_aware_smoothness, light_smoothness, metal_albedo_smoothness, white_light_prior,
+    PRDTrainer, edge_aware_smoothness, light_smoothness, metal_albedo_smoothness, metallic_commitment,
+    white_light_prior,
 )
 from invrender.distill.reflection import ReflectionConfig
 from invrender.distill.visibility import AOConfig
@@ -190,6 +191,18 @@ def test_edge_aware_smoothness_follows_the_photo():
     x = torch.rand(H, W, 3, requires_grad=True)
     edge_aware_smoothness(x, flat_photo, torch.ones(H, W, dtype=torch.bool)).backward()
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_metallic_commitment_pulls_mostly_metal_pixels_up_and_leaves_the_rest():
+    m = torch.tensor([0.9, 0.6, 0.5, 0.3, 0.05, 0.95]).reshape(2, 3, 1).requires_grad_(True)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    loss = metallic_commitment(m, mask)
+    assert float(loss) == pytest.approx((0.1 + 0.4) / 5)  # 0.9 and 0.6 count; 0.95 is not an object pixel
+    loss.backward()
+    g = m.grad[..., 0]
+    assert torch.allclose(g, torch.tensor([[-0.2, -0.2, 0.0], [0.0, 0.0, 0.0]]))  # descent raises them, only them
+    assert float(metallic_commitment(torch.ones(2, 3, 1), mask)) == 0.0  # pure metal: nothing to pull
+    assert float(metallic_commitment(m.detach(), torch.zeros(2, 3, dtype=torch.bool))) == 0.0  # no object
 
 
 def test_metal_albedo_smoothness_ignores_dielectrics_and_the_photo():

@@ -155,6 +155,17 @@ class DistillConfig:
     (stages 3-4): the edge-aware normal smoothness switches off at a metal's reflections, which are
     edges in the photo but not in the surface. Off: on the embedded scene 0.1 and 0.3 changed
     nothing beyond noise (relighting 23.14 / 23.11 dB against 23.12, normals 7.73 against 7.75 deg)."""
+    lambda_metallic_commit: float = 0.05
+    """Weight of a one-sided pull of the rendered metallic towards 1 where it is already above 0.5
+    (stages 3-4, :func:`invrender.distill.trainer.metallic_commitment`). A part-metal's diffuse
+    lobe adds light that its albedo then pays for: on the embedded scene the gold sphere had
+    settled at metallic 0.85 and albedo 0.86 of the truth, and the copper box at 0.3. A symmetric
+    push towards 0 or 1 sent those partial metals to 0 (eighth and tenth sweeps); this one leaves
+    everything under 0.5 alone. Embedded scene (eleventh sweep of
+    docs/bench/distill_sweep_toybox_2026-11-28.md): 0 / 0.02 / 0.03 / 0.05 / 0.1 / 0.15 / 0.3
+    relit at 25.35 / 25.79 / 25.79 / 25.72 / 25.47 / 25.08 / 22.50 dB, albedo 23.82 / 24.65 /
+    24.81 / 25.04 / 24.52 / 23.28 / 18.09 dB, metallic MAE 0.128 / 0.079 / 0.070 / 0.058 / 0.063 /
+    0.094 / 0.366; at 0.3 the base turned metal too."""
     smooth_edge_scale: float = 10.0
     """How fast an edge in the photo switches the smoothness off: weight ``exp(-scale |dI|)`` with
     ``|dI|`` the mean absolute RGB difference (display space) of the two pixels."""

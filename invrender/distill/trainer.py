@@ -94,6 +94,15 @@ def metal_albedo_smoothness(albedo: Tensor, metallic: Tensor, mask: Tensor) -> T
     return _neighbour_smoothness(albedo, mask, weight)
 
 
+def metallic_commitment(metallic: Tensor, mask: Tensor, threshold: float = 0.5) -> Tensor:
+    """``sum (1 - m) over the masked pixels whose metallic m`` (``metallic`` [H, W, 1]) ``is above
+    threshold``, divided by the number of masked pixels: a one-sided pull that finishes what is
+    already mostly metal (``mask`` [H, W] bool; which pixels count is not differentiated).
+    Pixels below the threshold, dielectrics and the partly metallic alike, feel nothing."""
+    sel = mask[..., None] & (metallic.detach() > threshold)
+    return ((1.0 - metallic) * sel).sum() / mask.sum().clamp(min=1)
+
+
 REFLECTION_INPUTS = ("means", "scales", "quats", "opacities", "albedo", "roughness", "metallic")  # what the lit grid reads
 
 
@@ -453,6 +462,10 @@ class PRDTrainer(Trainer):
             loss_ma = metal_albedo_smoothness(out.gbuffer.albedo, out.gbuffer.metallic, mask)
             loss = loss + d.lambda_smooth_metal_albedo * loss_ma
             terms["smooth_metal_albedo"] = float(loss_ma.detach())
+        if d.lambda_metallic_commit > 0 and stage != "specular":
+            loss_mc = metallic_commitment(out.gbuffer.metallic, mask)
+            loss = loss + d.lambda_metallic_commit * loss_mc
+            terms["metallic_commit"] = float(loss_mc.detach())
         if d.lambda_smooth_metal_normal > 0 and stage != "specular":
             loss_mn = metal_albedo_smoothness(F.normalize(out.gbuffer.normal, dim=-1), out.gbuffer.metallic, mask)
             loss = loss + d.lambda_smooth_metal_normal * loss_mn
