@@ -197,7 +197,7 @@ def test_metallic_commitment_pulls_mostly_metal_pixels_up_and_leaves_the_rest():
     m = torch.tensor([0.9, 0.6, 0.5, 0.3, 0.05, 0.95]).reshape(2, 3, 1).requires_grad_(True)
     mask = torch.tensor([[True, True, True], [True, True, False]])
     loss = metallic_commitment(m, mask)
-    assert float(loss) == pytest.approx((0.1 + 0.4) / 5)  # 0.9 and 0.6 count; 0.95 is not an object pixel
+    assert float(loss.detach()) == pytest.approx((0.1 + 0.4) / 5)  # 0.9 and 0.6 count; 0.95 is not an object pixel
     loss.backward()
     g = m.grad[..., 0]
     assert torch.allclose(g, torch.tensor([[-0.2, -0.2, 0.0], [0.0, 0.0, 0.0]]))  # descent raises them, only them
