@@ -71,12 +71,24 @@ def _pad4(b: bytes, fill: bytes = b"\0") -> bytes:
     return b + fill * (-len(b) % 4)
 
 
+def _unorm8(x: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (clipped) as 8-bit unsigned normalized integers."""
+    return np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8)
+
+
+def _rotate_sh_rest(sh: torch.Tensor, rotation: np.ndarray) -> torch.Tensor:
+    """SH coefficients of degrees >= 1 ``[V, K - 1, 3]`` for a frame rotated by ``rotation``
+    (:func:`~invrender.export.common.rotate_sh` with an empty DC slot; float64)."""
+    full = torch.cat([torch.zeros_like(sh[:, :1]), sh], dim=1).double()  # [V, K, 3]
+    return rotate_sh(full, rotation)[:, 1:]
+
+
 def material_images(mesh, occlusion: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The two texture images as uint8: base colour ``[T, T, 3]`` sRGB and occlusion-metallic-
     roughness ``[T, T, 3]`` linear (R = ambient occlusion, or 255 when the mesh has none or
     ``occlusion`` is False, which skips baking it; G = roughness, B = metallic)."""
     albedo = linear_to_srgb(mesh.albedo.detach().double().cpu().numpy())  # [T, T, 3]
-    base = np.rint(np.clip(albedo, 0, 1) * 255).astype(np.uint8)
+    base = _unorm8(albedo)
     rough = mesh.roughness.detach().double().cpu().numpy()[..., 0]  # [T, T]
     metal = mesh.metallic.detach().double().cpu().numpy()[..., 0]
     occ = np.ones_like(rough)
@@ -88,7 +100,7 @@ def material_images(mesh, occlusion: bool = True) -> tuple[np.ndarray, np.ndarra
         occ = bake_vertex_values(mesh.uvs.detach().cpu(), mesh.faces.detach().cpu(), vis, rough.shape[0])
         occ = occ.numpy()[..., 0]
     mr = np.stack([occ, rough, metal], axis=-1)
-    return base, np.rint(np.clip(mr, 0, 1) * 255).astype(np.uint8)
+    return base, _unorm8(mr)
 
 
 def mesh_arrays(mesh) -> dict[str, np.ndarray]:
@@ -130,14 +142,13 @@ def prd_arrays(mesh) -> dict[str, np.ndarray]:
     as uint8; ``radiance_sh`` [V, K - 1, 3] and ``visibility`` [V, C] float32 in the capture's
     frame, when the mesh has them."""
     out = {
-        "progress": np.rint(np.clip(mesh.progress.detach().double().cpu().numpy()[..., 0], 0, 1) * 255).astype(np.uint8),
-        "radiance": np.rint(np.clip(mesh.radiance.detach().double().cpu().numpy(), 0, 1) * 255).astype(np.uint8),
+        "progress": _unorm8(mesh.progress.detach().double().cpu().numpy()[..., 0]),
+        "radiance": _unorm8(mesh.radiance.detach().double().cpu().numpy()),
     }
     to_capture = Similarity.from_matrix(mesh.normalization.double()).inverse().rotation
     if getattr(mesh, "radiance_sh", None) is not None:
-        sh = mesh.radiance_sh.detach().cpu().double()  # [V, K - 1, 3], degrees >= 1
-        full = torch.cat([torch.zeros_like(sh[:, :1]), sh], dim=1)  # the DC slot, for the rotation
-        out["radiance_sh"] = rotate_sh(full, to_capture)[:, 1:].numpy().astype(np.float32)
+        sh = mesh.radiance_sh.detach().cpu()  # [V, K - 1, 3], degrees >= 1
+        out["radiance_sh"] = _rotate_sh_rest(sh, to_capture).numpy().astype(np.float32)
     if getattr(mesh, "visibility", None) is not None:
         vis = _record_to_frame(mesh.visibility.detach().cpu().double(), to_capture)
         out["visibility"] = vis.numpy().astype(np.float32)
@@ -350,8 +361,7 @@ def read_glb(path: Path, normalization: torch.Tensor | None = None, prd: bool = 
                                  f"{tuple(radiance.shape[:2])} must match the base colour's {(t, t)}")
             if "radianceShAttributes" in ext:
                 sh = torch.from_numpy(np.stack([accessor(attrs[a]) for a in ext["radianceShAttributes"]], axis=1))
-                full = torch.cat([torch.zeros_like(sh[:, :1]), sh], dim=1).double()  # [V, K, 3]
-                radiance_sh = rotate_sh(full, to_train)[:, 1:].float()
+                radiance_sh = _rotate_sh_rest(sh, to_train).float()
             if "visibilityAttributes" in ext:
                 packed = np.concatenate([accessor(attrs[a]) for a in ext["visibilityAttributes"]], axis=1)
                 record = torch.from_numpy(packed[:, :int(ext["visibilityChannels"])].copy()).double()
